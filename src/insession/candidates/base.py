@@ -1,0 +1,39 @@
+"""What a candidate source sees and returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from insession.model import ModelBundle
+from insession.sessions import SessionState
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Everything a request reasons from. Built once per request; read-only for every stage."""
+
+    user_id: str
+    surface: str
+    k: int
+    state: SessionState | None
+    model: ModelBundle
+    anchors: tuple[tuple[int, float], ...]  # (dense item index, weight), heaviest first
+    now_ms: int = 0  # request time, recorded so the request replays
+    current_item: str | None = None
+    context: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    item: int  # dense index into the model's catalog
+    score: float  # the source's own score, comparable only within that source
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    def candidates(self, ctx: RequestContext, k: int) -> list[Candidate]:
+        """Up to ``k`` candidates, best first, ties broken by item index (deterministic)."""
+        ...

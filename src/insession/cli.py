@@ -1,0 +1,258 @@
+"""The ``insession`` command. The only module that reads argv, prints, or configures logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from insession.clock import DAY_MS, SystemClock
+from insession.config import Settings
+from insession.datasets import FORMATS, LoadStats, load_events
+from insession.engine import Engine
+from insession.errors import InsessionError
+from insession.model import ModelBundle
+from insession.pipeline import RecommendRequest, RecommendResponse
+from insession.training import train as train_model
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="insession: real-time in-session recommendations.")
+console = Console()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and os.environ.get("CI") == "true",
+    )
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except InsessionError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    return Settings.load(dict(os.environ), config, **overrides)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Event file (or a directory holding one).")],
+    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    format: Annotated[str, typer.Option(help=f"One of {', '.join(FORMATS)}.")] = "auto",
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+) -> None:
+    """Train a model from an event file and write a versioned model directory."""
+    with _errors():
+        settings = _settings(config)
+        stats = LoadStats()
+        started = time.perf_counter()
+        with _progress() as progress:
+            task = progress.add_task(f"reading {data.name}", total=None)
+            events = []
+            for event in load_events(data, format, stats):
+                events.append(event)
+                if len(events) % 10_000 == 0:
+                    progress.update(task, completed=len(events))
+            progress.update(task, completed=len(events), total=len(events))
+            stage = progress.add_task("training", total=100)
+            model = train_model(
+                events,
+                session_cfg=settings.session,
+                progress=lambda name, f: progress.update(
+                    stage, completed=int(f * 100), description=f"training: {name}"
+                ),
+            )
+        model.save(out)
+        console.print(f"read {stats.summary()}")
+        console.print(
+            f"model {model.version} -> {out}  ({model.stats['items']} items, "
+            f"{model.stats['sessions']} sessions, {model.stats['covisit_pairs']} "
+            f"co-visitation pairs) in {time.perf_counter() - started:.1f}s"
+        )
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Model directory from `insession train`.")],
+    store: Annotated[str, typer.Option(help="memory (embedded) or redis://HOST:PORT.")] = "memory",
+    data_dir: Annotated[Path | None, typer.Option(help="Where the event log and snapshots live.")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+) -> None:
+    """Serve the HTTP API with a trained model."""
+    from insession.serving.app import create_app
+    from insession.serving.server import serve_forever
+
+    with _errors():
+        settings = _settings(config, model_dir=model, store=store, data_dir=data_dir, host=host, port=port)
+        if settings.store != "memory":
+            console.print(
+                f"[red]error:[/red] store: only 'memory' is available in this version, got {settings.store!r}"
+            )
+            raise typer.Exit(2)
+        engine = _open_engine(settings, None)
+        console.print(
+            f"serving model {engine.model.version} on http://{settings.host}:{settings.port} "
+            f"(log: {settings.data_dir / 'events.sqlite'})"
+        )
+        try:
+            serve_forever(create_app(engine), settings.host, settings.port)
+        finally:
+            engine.close()
+
+
+def _open_engine(settings: Settings, model: ModelBundle | None) -> Engine:
+    with _progress() as progress:
+        task = progress.add_task("replaying event log", total=None)
+        engine = Engine.open(
+            settings, model=model, progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
+        progress.update(task, completed=1, total=1)
+    return engine
+
+
+def _show(title: str, response: RecommendResponse, model: ModelBundle, n: int = 8) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("#", "item", "name", "category", "price", "score", "sources"):
+        table.add_column(col)
+    for rank, rec in enumerate(response.items[:n], start=1):
+        item = model.catalog.get(rec.item_id)
+        table.add_row(
+            str(rank),
+            rec.item_id,
+            item.name if item else "?",
+            (item.category if item else None) or "?",
+            f"{item.price:.2f}" if item and item.price is not None else "-",
+            f"{rec.score:.3f}",
+            ",".join(rec.sources),
+        )
+    console.print(table)
+    console.print(
+        f"  session_version={response.session_version}  tier={response.tier}  "
+        f"latency={response.timings_ms.get('total', 0):.2f} ms  model={response.model_version}"
+    )
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    once: Annotated[bool, typer.Option("--once", help="Run the scripted session and exit.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic shop.")] = 7,
+    workdir: Annotated[Path | None, typer.Option(help="Keep log and model here (default: a temp dir).")] = None,
+) -> None:
+    """Generate a synthetic shop, train, show the list adapting to a session, then serve."""
+    from insession.datasets.synthetic import ShopConfig, generate
+
+    with _errors():
+        clock = SystemClock()
+        base = workdir or Path(tempfile.mkdtemp(prefix="insession-demo-"))
+        today = clock.now_ms() // DAY_MS * DAY_MS
+        console.rule("insession demo")
+        with console.status("generating a synthetic shop"):
+            shop = generate(ShopConfig(seed=seed, end_ms=today))
+        console.print(
+            f"synthetic shop: {len(shop.items)} items in "
+            f"{len({i.category for i in shop.items})} categories, "
+            f"{len(shop.tastes)} users, {len(shop.events)} events over 30 days"
+        )
+        started = time.perf_counter()
+        model = train_model(shop.events, items=shop.items)
+        model.save(base / "model")
+        console.print(
+            f"trained model {model.version} in {time.perf_counter() - started:.2f}s "
+            f"({model.stats['covisit_pairs']} co-visitation pairs)"
+        )
+        settings = _settings(None, data_dir=base / "data", model_dir=base / "model", host=host, port=port)
+        engine = Engine.open(settings, model=model, clock=clock)
+        with _progress() as progress:
+            task = progress.add_task("loading history into the event log", total=len(shop.events))
+            engine.ingest_all(shop.events, progress=lambda n: progress.advance(task, n))
+
+        # The scripted session: a user with a clear long-term taste starts browsing elsewhere.
+        user = max(shop.tastes, key=lambda u: (_share(engine, model, u, shop.tastes[u]), u))
+        taste = shop.tastes[user]
+        state = engine.state(user)
+        touched = {model.catalog.category_of(i.item_id) for i in (state.history + state.events if state else ())}
+        fresh = sorted(c for c in {i.category for i in shop.items} if c not in touched and c)
+        target = fresh[0] if fresh else sorted({i.category or "" for i in shop.items} - {taste})[0]
+        console.rule(f"user {user}: long-term taste '{taste}', now browsing '{target}'")
+        _show("before the session", engine.recommend(RecommendRequest(user)), model)
+        picks = [i for i in shop.items_in(target)][:3]
+        for n, item in enumerate(picks, start=1):
+            engine.ingest_raw(
+                [
+                    {
+                        "event_id": f"demo-{user}-{clock.now_ms()}-{n}",
+                        "user_id": user,
+                        "type": "click",
+                        "item_id": item.item_id,
+                        "ts": clock.now_ms(),
+                        "properties": {"category": item.category},
+                    }
+                ]
+            )
+            response = engine.recommend(RecommendRequest(user))
+            if n in (1, len(picks)):
+                _show(f"after click {n} on {item.item_id} ({item.name}, {item.category})", response, model)
+        cats = Counter(model.catalog.category_of(r.item_id) for r in response.items)
+        console.print(f"top-10 categories now: {dict(cats.most_common())}")
+        if once:
+            engine.close()
+            if workdir is None:
+                shutil.rmtree(base, ignore_errors=True)
+            return
+        from insession.serving.app import create_app
+        from insession.serving.server import serve_forever
+
+        console.rule(f"serving on http://{host}:{port}  (Ctrl-C to stop)")
+        console.print(
+            f"try: curl -s -X POST http://{host}:{port}/v1/recommendations "
+            f"-H 'content-type: application/json' -d '{{\"user_id\": \"{user}\"}}'"
+        )
+        try:
+            serve_forever(create_app(engine), host, port)
+        finally:
+            engine.close()
+
+
+def _share(engine: Engine, model: ModelBundle, user: str, category: str) -> float:
+    state = engine.state(user)
+    if state is None:
+        return 0.0
+    seen = [model.catalog.category_of(i.item_id) for i in state.history + state.events]
+    return (sum(c == category for c in seen) / len(seen)) if len(seen) >= 20 else 0.0
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("INSESSION_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app()
+
+
+if __name__ == "__main__":
+    main()

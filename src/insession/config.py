@@ -1,0 +1,193 @@
+"""Configuration: frozen dataclasses validated on construction, and one ``Settings`` object.
+
+``Settings.load`` is the only place that reads the environment (prefix ``INSESSION_``) or a
+TOML file; everything else receives its configuration as an argument.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from insession.clock import MINUTE_MS
+from insession.errors import FieldError, ValidationError, describe
+
+Freshness = Literal["realtime", "session", "batch"]
+
+
+def _require(ok: bool, field_name: str, expected: str, got: object) -> None:
+    if not ok:
+        raise ValidationError([FieldError(field_name, expected, describe(got))])
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """How events fold into sessions.
+
+    A new session starts when ``timeout_ms`` or more of event time passes between two events of
+    a user (or when the client sends a different ``session_id``).
+    """
+
+    timeout_ms: int = 30 * MINUTE_MS
+    max_session_events: int = 100
+    max_history_events: int = 200
+    max_user_items: int = 500
+
+    def __post_init__(self) -> None:
+        _require(self.timeout_ms > 0, "session.timeout_ms", "a positive integer", self.timeout_ms)
+        for name in ("max_session_events", "max_history_events", "max_user_items"):
+            value = getattr(self, name)
+            _require(value >= 1, f"session.{name}", "an integer >= 1", value)
+
+
+@dataclass(frozen=True, slots=True)
+class SurfaceConfig:
+    """A place that shows a list, with its own rules."""
+
+    name: str
+    exclude_seen: bool = False
+    exclude_cart: bool = False
+    exclude_current_item: bool = True
+    default_k: int = 10
+    max_k: int = 100
+    budget_ms: float = 50.0
+    freshness: Freshness = "realtime"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name), "surface.name", "a non-empty string", self.name)
+        _require(
+            1 <= self.default_k <= self.max_k, f"surfaces.{self.name}.default_k", f"1..{self.max_k}", self.default_k
+        )
+        _require(self.budget_ms > 0, f"surfaces.{self.name}.budget_ms", "a positive number", self.budget_ms)
+        _require(
+            self.freshness in ("realtime", "session", "batch"),
+            f"surfaces.{self.name}.freshness",
+            "realtime | session | batch",
+            self.freshness,
+        )
+
+
+def default_surfaces() -> dict[str, SurfaceConfig]:
+    return {
+        "home": SurfaceConfig("home"),
+        "product_page": SurfaceConfig("product_page", exclude_seen=False, exclude_current_item=True),
+        "cart": SurfaceConfig("cart", exclude_cart=True),
+        "search_prequery": SurfaceConfig("search_prequery"),
+        "continue": SurfaceConfig("continue", exclude_seen=True),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a running engine needs, made once at start-up and passed down."""
+
+    data_dir: Path = Path("insession-data")
+    model_dir: Path | None = None
+    store: str = "memory"
+    session: SessionConfig = field(default_factory=SessionConfig)
+    surfaces: Mapping[str, SurfaceConfig] = field(default_factory=default_surfaces)
+    state_ttl_s: int = 30 * 24 * 3600
+    snapshot_every_events: int = 50_000
+    max_batch_events: int = 1000
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self) -> None:
+        _require(self.state_ttl_s > 0, "state_ttl_s", "a positive integer", self.state_ttl_s)
+        _require(1 <= self.max_batch_events <= 100_000, "max_batch_events", "1..100000", self.max_batch_events)
+        _require(0 <= self.port <= 65535, "port", "0..65535", self.port)
+        _require(
+            self.store == "memory" or self.store.startswith("redis://"),
+            "store",
+            "'memory' or a redis://HOST:PORT URL",
+            self.store,
+        )
+
+    def surface(self, name: str) -> SurfaceConfig:
+        found = self.surfaces.get(name)
+        if found is None:
+            raise ValidationError([FieldError("surface", f"one of {', '.join(sorted(self.surfaces))}", describe(name))])
+        return found
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @staticmethod
+    def load(env: Mapping[str, str] | None = None, toml_path: Path | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the TOML file, then ``INSESSION_*`` variables, then ``overrides``."""
+        env = env or {}
+        values: dict[str, Any] = {}
+        path = toml_path or (Path(env["INSESSION_CONFIG"]) if "INSESSION_CONFIG" in env else None)
+        if path is not None:
+            values.update(_from_toml(path))
+        for key, name, kind in (
+            ("INSESSION_DATA_DIR", "data_dir", Path),
+            ("INSESSION_MODEL_DIR", "model_dir", Path),
+            ("INSESSION_STORE", "store", str),
+            ("INSESSION_STATE_TTL_S", "state_ttl_s", int),
+            ("INSESSION_HOST", "host", str),
+            ("INSESSION_PORT", "port", int),
+        ):
+            if key in env:
+                try:
+                    values[name] = kind(env[key])
+                except ValueError:
+                    raise ValidationError([FieldError(key, kind.__name__, describe(env[key]))]) from None
+        if "INSESSION_SESSION_TIMEOUT_MIN" in env:
+            raw = env["INSESSION_SESSION_TIMEOUT_MIN"]
+            try:
+                minutes = float(raw)
+            except ValueError:
+                raise ValidationError(
+                    [FieldError("INSESSION_SESSION_TIMEOUT_MIN", "a number of minutes", describe(raw))]
+                ) from None
+            values["session"] = SessionConfig(timeout_ms=int(minutes * MINUTE_MS))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return Settings(**values)
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError([FieldError("config", f"a readable TOML file at {path}", type(exc).__name__)]) from None
+    out: dict[str, Any] = {}
+    for key in ("store", "host"):
+        if key in doc:
+            out[key] = str(doc[key])
+    for key in ("port", "state_ttl_s", "snapshot_every_events", "max_batch_events"):
+        if key in doc:
+            out[key] = int(doc[key])
+    if "data_dir" in doc:
+        out["data_dir"] = Path(doc["data_dir"])
+    if "model_dir" in doc:
+        out["model_dir"] = Path(doc["model_dir"])
+    session = doc.get("session", {})
+    if session:
+        kwargs: dict[str, Any] = {}
+        if "timeout_minutes" in session:
+            kwargs["timeout_ms"] = int(float(session["timeout_minutes"]) * MINUTE_MS)
+        for key in ("max_session_events", "max_history_events", "max_user_items"):
+            if key in session:
+                kwargs[key] = int(session[key])
+        out["session"] = SessionConfig(**kwargs)
+    surfaces = dict(default_surfaces())
+    for name, table in doc.get("surfaces", {}).items():
+        allowed = set(SurfaceConfig.__dataclass_fields__) - {"name"}
+        unknown = set(table) - allowed
+        if unknown:
+            raise ValidationError(
+                [
+                    FieldError(
+                        f"surfaces.{name}.{sorted(unknown)[0]}",
+                        f"one of {', '.join(sorted(allowed))}",
+                        "an unknown key",
+                    )
+                ]
+            )
+        surfaces[name] = SurfaceConfig(name=name, **table)
+    out["surfaces"] = surfaces
+    return out

@@ -1,0 +1,199 @@
+"""The engine: an event log, a feature store and a model, wired together.
+
+``ingest`` appends to the log first and folds into the store second, under one lock, so the
+store's order of application is the log's order. On start the engine loads the store snapshot
+(if any and intact) and folds every log event after the snapshot's position, so a crash between
+append and fold loses nothing: the log is the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from insession.clock import Clock, SystemClock
+from insession.config import Settings
+from insession.errors import FieldError, SnapshotCorrupt
+from insession.events import Event, validate_event
+from insession.log import AppendResult, EventLog
+from insession.log.sqlite import SqliteEventLog
+from insession.model import ModelBundle
+from insession.pipeline import Recommender, RecommendRequest, RecommendResponse
+from insession.sessions import SessionState, apply
+from insession.store.memory import MemoryFeatureStore
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "events.sqlite"
+SNAPSHOT_FILE = "state.snapshot"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    index: int
+    errors: list[FieldError]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "errors": [e.to_dict() for e in self.errors],
+            "message": "; ".join(str(e) for e in self.errors),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+    rejected: list[Rejected] = field(default_factory=list)
+    last_position: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [r.to_dict() for r in self.rejected],
+        }
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        model: ModelBundle,
+        log: EventLog,
+        store: MemoryFeatureStore,
+        clock: Clock | None = None,
+        snapshot_path: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.log = log
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.snapshot_path = snapshot_path
+        self.recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
+        self._lock = threading.Lock()
+        self._since_snapshot = 0
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        model: ModelBundle | None = None,
+        clock: Clock | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Engine:
+        """Open (or create) the embedded engine in ``settings.data_dir``."""
+        if model is None:
+            if settings.model_dir is None:
+                raise ValueError("model_dir: expected a model directory (insession train --out DIR)")
+            model = ModelBundle.load(settings.model_dir)
+        clock = clock or SystemClock()
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = SqliteEventLog(data_dir / LOG_FILE)
+        store = MemoryFeatureStore(clock)
+        snapshot = data_dir / SNAPSHOT_FILE
+        if snapshot.exists():
+            try:
+                store.load(snapshot)
+            except SnapshotCorrupt as exc:
+                logger.warning("%s; rebuilding state from the event log", exc)
+                store = MemoryFeatureStore(clock)
+        engine = cls(settings, model, log, store, clock, snapshot)
+        engine.catch_up(progress)
+        return engine
+
+    # -- writes ---------------------------------------------------------------------------------
+    def catch_up(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Fold every log event after the store's applied position; returns how many."""
+        with self._lock:
+            start = self.store.applied_position()
+            last = self.log.last_position()
+            n = 0
+            for position, event in self.log.read(after=start):
+                self._apply(position, event)
+                n += 1
+                if progress is not None and n % 5000 == 0:
+                    progress(position - start, last - start)
+            return n
+
+    def _apply(self, position: int, event: Event) -> SessionState:
+        state = apply(self.store.get_session(event.user_id), event, self.settings.session, position)
+        self.store.put_session(event.user_id, state, self.settings.state_ttl_s)
+        self.store.set_applied_position(position)
+        return state
+
+    def ingest(self, events: Sequence[Event]) -> AppendResult:
+        """Append validated events to the log, then fold the newly accepted ones into state."""
+        with self._lock:
+            result = self.log.append(events)
+            for position, event in result.accepted:
+                self._apply(position, event)
+            self._since_snapshot += len(result.accepted)
+            if self.snapshot_path is not None and self._since_snapshot >= self.settings.snapshot_every_events:
+                self._snapshot_locked()
+        return result
+
+    def ingest_raw(self, raw_events: Sequence[object]) -> IngestResult:
+        """Validate untrusted events one by one; accept the valid ones, list the rest."""
+        valid: list[Event] = []
+        rejected: list[Rejected] = []
+        for index, raw in enumerate(raw_events):
+            event, errors = validate_event(raw)
+            if event is None:
+                rejected.append(Rejected(index, errors))
+            else:
+                valid.append(event)
+        result = self.ingest(valid)
+        last = result.accepted[-1][0] if result.accepted else 0
+        return IngestResult(len(result.accepted), result.duplicates, rejected, last)
+
+    def ingest_all(
+        self, events: Iterable[Event], batch: int = 2000, progress: Callable[[int], None] | None = None
+    ) -> tuple[int, int]:
+        """Bulk-load events in batches; returns (accepted, duplicates)."""
+        accepted = duplicates = 0
+        chunk: list[Event] = []
+        for event in events:
+            chunk.append(event)
+            if len(chunk) >= batch:
+                r = self.ingest(chunk)
+                accepted, duplicates = accepted + len(r.accepted), duplicates + r.duplicates
+                if progress is not None:
+                    progress(len(chunk))
+                chunk = []
+        if chunk:
+            r = self.ingest(chunk)
+            accepted, duplicates = accepted + len(r.accepted), duplicates + r.duplicates
+            if progress is not None:
+                progress(len(chunk))
+        return accepted, duplicates
+
+    # -- reads ----------------------------------------------------------------------------------
+    def state(self, user_id: str) -> SessionState | None:
+        return self.store.get_session(user_id)
+
+    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        if not req.request_id or not req.now_ms:
+            req = replace(req, request_id=req.request_id or uuid.uuid4().hex, now_ms=req.now_ms or self.clock.now_ms())
+        return self.recommender.recommend(req, self.store.get_session(req.user_id))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def snapshot(self) -> None:
+        with self._lock:
+            self._snapshot_locked()
+
+    def _snapshot_locked(self) -> None:
+        if self.snapshot_path is not None:
+            self.store.snapshot(self.snapshot_path)
+            self._since_snapshot = 0
+
+    def close(self) -> None:
+        self.snapshot()
+        self.log.close()

@@ -1,0 +1,81 @@
+"""The error hierarchy: one root, each subclass carrying the HTTP status it maps to.
+
+Messages name the field, what was expected and what arrived, so a caller can fix the input
+without reading the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class InsessionError(Exception):
+    """Root of every error insession raises on purpose."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem with one field of an input: where, what was expected, what arrived."""
+
+    field: str
+    expected: str
+    got: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: expected {self.expected}, got {self.got}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "expected": self.expected, "got": self.got}
+
+
+class ValidationError(InsessionError):
+    """An input failed validation; ``errors`` lists every field at fault."""
+
+    status = 422
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class PayloadTooLarge(InsessionError):
+    status = 413
+
+
+class NotFound(InsessionError):
+    status = 404
+
+
+class ModelError(InsessionError):
+    """A model directory is missing, incomplete or does not match its recorded version."""
+
+    status = 500
+
+
+class SnapshotCorrupt(InsessionError):
+    """A store snapshot failed its checksum or could not be parsed; rebuild from the log."""
+
+    status = 500
+
+
+class MissingExtra(InsessionError):
+    """An optional backend was asked for but its extra is not installed."""
+
+    status = 500
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(f"{feature} needs the optional extra '{extra}': pip install 'insession[{extra}]'")
+
+
+def describe(value: object, limit: int = 60) -> str:
+    """A short, safe rendering of a received value for an error message."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(value).__name__} {text}"

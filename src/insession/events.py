@@ -1,0 +1,248 @@
+"""The one event schema every source is converted into, and its validation.
+
+``parse_event`` is the only way untrusted input becomes an :class:`Event`; it collects every
+problem (not just the first) as :class:`~insession.errors.FieldError` values naming the field,
+what was expected and what arrived.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from insession.errors import FieldError, ValidationError, describe
+
+
+class EventType(StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+    SEARCH = "search"
+    DISMISS = "dismiss"
+
+
+#: Event types that are about one item and so must carry ``item_id``.
+ITEM_EVENT_TYPES = frozenset(
+    {EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.DISMISS}
+)
+
+PropertyValue = str | int | float | bool | None
+
+# Limits on what one event may carry. They bound memory per event and are named in errors.
+MAX_ID_CHARS = 128
+MAX_PROPERTIES = 32
+MAX_PROPERTY_KEY_CHARS = 64
+MAX_PROPERTY_STRING_CHARS = 512
+#: Timestamps below this (1973-03-03 in ms) are almost certainly seconds sent as milliseconds.
+MIN_PLAUSIBLE_TS_MS = 100_000_000_000
+MAX_PLAUSIBLE_TS_MS = 4_102_444_800_000  # 2100-01-01
+
+_FIELDS = ("event_id", "user_id", "session_id", "type", "item_id", "ts", "properties")
+_TYPED_PROPERTIES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "category": (str, "a string"),
+    "brand": (str, "a string"),
+    "query": (str, "a string"),
+    "page": (str, "a string"),
+    "device": (str, "a string"),
+    "price": ((int, float), "a non-negative number"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing a user did. ``ts`` is event time in epoch milliseconds (UTC)."""
+
+    event_id: str
+    user_id: str
+    type: EventType
+    ts: int
+    item_id: str | None = None
+    session_id: str | None = None
+    properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "type": self.type.value,
+            "ts": self.ts,
+        }
+        if self.item_id is not None:
+            out["item_id"] = self.item_id
+        if self.session_id is not None:
+            out["session_id"] = self.session_id
+        if self.properties:
+            out["properties"] = dict(self.properties)
+        return out
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace; equal events give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def from_json(text: str) -> Event:
+        return parse_event(json.loads(text))
+
+    def prop_str(self, key: str) -> str | None:
+        value = self.properties.get(key)
+        return value if isinstance(value, str) else None
+
+    def prop_float(self, key: str) -> float | None:
+        value = self.properties.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value)
+
+
+def parse_ts(value: object, field_name: str = "ts") -> tuple[int | None, FieldError | None]:
+    """Epoch milliseconds (int) or an ISO-8601 string with a zone -> epoch ms."""
+    expected = "epoch milliseconds (integer) or an ISO-8601 string with a time zone"
+    if isinstance(value, bool):
+        return None, FieldError(field_name, expected, describe(value))
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        if value < MIN_PLAUSIBLE_TS_MS:
+            return None, FieldError(
+                field_name,
+                f"epoch milliseconds >= {MIN_PLAUSIBLE_TS_MS} (is this seconds? multiply by 1000)",
+                describe(value),
+            )
+        if value > MAX_PLAUSIBLE_TS_MS:
+            return None, FieldError(
+                field_name,
+                f"epoch milliseconds before year 2100 (<= {MAX_PLAUSIBLE_TS_MS})",
+                describe(value),
+            )
+        return value, None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None, FieldError(field_name, expected, describe(value))
+        if parsed.tzinfo is None:
+            return None, FieldError(
+                field_name,
+                "an ISO-8601 time with a zone (e.g. 2026-01-02T10:00:00Z)",
+                describe(value),
+            )
+        return parse_ts(round(parsed.timestamp() * 1000), field_name)
+    return None, FieldError(field_name, expected, describe(value))
+
+
+def _check_id(raw: Mapping[str, Any], name: str, required: bool, errors: list[FieldError]) -> str | None:
+    if name not in raw or raw[name] is None:
+        if required:
+            errors.append(
+                FieldError(name, f"a non-empty string of at most {MAX_ID_CHARS} characters", "nothing (field missing)")
+            )
+        return None
+    value = raw[name]
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        errors.append(FieldError(name, f"a non-empty string of at most {MAX_ID_CHARS} characters", describe(value)))
+        return None
+    return value
+
+
+def _check_properties(value: object, errors: list[FieldError]) -> dict[str, PropertyValue]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        errors.append(FieldError("properties", "an object of string keys to scalar values", describe(value)))
+        return {}
+    if len(value) > MAX_PROPERTIES:
+        errors.append(FieldError("properties", f"at most {MAX_PROPERTIES} entries", f"{len(value)} entries"))
+        return {}
+    out: dict[str, PropertyValue] = {}
+    for key in sorted(value, key=str):
+        item = value[key]
+        where = f"properties.{key}"
+        if not isinstance(key, str) or not key or len(key) > MAX_PROPERTY_KEY_CHARS:
+            errors.append(FieldError("properties", f"keys of 1 to {MAX_PROPERTY_KEY_CHARS} characters", describe(key)))
+            continue
+        typed = _TYPED_PROPERTIES.get(key)
+        if typed is not None and item is not None:
+            kinds, text = typed
+            bad_kind = isinstance(item, bool) or not isinstance(item, kinds)
+            bad_price = key == "price" and not bad_kind and not (0 <= float(item) < float("inf"))
+            if bad_kind or bad_price:  # NaN fails 0 <= x, so it is never a price
+                errors.append(FieldError(where, text, describe(item)))
+                continue
+        if item is not None and not isinstance(item, str | int | float):  # bool is an int
+            errors.append(FieldError(where, "a string, number, boolean or null", describe(item)))
+            continue
+        if isinstance(item, str) and len(item) > MAX_PROPERTY_STRING_CHARS:
+            errors.append(
+                FieldError(
+                    where, f"a string of at most {MAX_PROPERTY_STRING_CHARS} characters", f"{len(item)} characters"
+                )
+            )
+            continue
+        if isinstance(item, float) and item != item:
+            errors.append(FieldError(where, "a finite number", "NaN"))
+            continue
+        out[key] = item
+    return out
+
+
+def validate_event(raw: object) -> tuple[Event | None, list[FieldError]]:
+    """Validate one untrusted event; return the event or every problem found."""
+    if not isinstance(raw, Mapping):
+        return None, [FieldError("event", "a JSON object", describe(raw))]
+    errors: list[FieldError] = []
+    for key in raw:
+        if key not in _FIELDS:
+            errors.append(FieldError(str(key), f"no such field (allowed: {', '.join(_FIELDS)})", "a value"))
+    event_id = _check_id(raw, "event_id", True, errors)
+    user_id = _check_id(raw, "user_id", True, errors)
+    session_id = _check_id(raw, "session_id", False, errors)
+    item_id = _check_id(raw, "item_id", False, errors)
+    event_type: EventType | None = None
+    raw_type = raw.get("type")
+    try:
+        event_type = EventType(raw_type) if isinstance(raw_type, str) else None
+    except ValueError:
+        event_type = None
+    if event_type is None:
+        allowed = " | ".join(t.value for t in EventType)
+        errors.append(
+            FieldError("type", f"one of {allowed}", describe(raw_type) if "type" in raw else "nothing (field missing)")
+        )
+    elif event_type in ITEM_EVENT_TYPES and item_id is None and "item_id" not in raw:
+        errors.append(
+            FieldError("item_id", f"an item id (required for type '{event_type.value}')", "nothing (field missing)")
+        )
+    ts: int | None = None
+    if "ts" not in raw:
+        errors.append(
+            FieldError("ts", "epoch milliseconds or an ISO-8601 string with a zone", "nothing (field missing)")
+        )
+    else:
+        ts, ts_error = parse_ts(raw["ts"])
+        if ts_error is not None:
+            errors.append(ts_error)
+    properties = _check_properties(raw.get("properties"), errors)
+    if errors or event_id is None or user_id is None or event_type is None or ts is None:
+        return None, errors
+    return Event(
+        event_id=event_id,
+        user_id=user_id,
+        type=event_type,
+        ts=ts,
+        item_id=item_id,
+        session_id=session_id,
+        properties=properties,
+    ), []
+
+
+def parse_event(raw: object) -> Event:
+    """Validate one untrusted event or raise :class:`ValidationError` listing every problem."""
+    event, errors = validate_event(raw)
+    if event is None:
+        raise ValidationError(errors)
+    return event

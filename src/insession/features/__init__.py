@@ -1,0 +1,1 @@
+"""Features: streaming (per event, from session state), request-time, and long-term."""

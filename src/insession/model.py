@@ -1,0 +1,148 @@
+"""The versioned model directory: what training writes and serving loads.
+
+Layout of a model directory::
+
+    manifest.json    version, parameters, statistics, and the SHA-256 of every file below
+    catalog.json     items with metadata, in dense-index order
+    covisit.npz      item-to-item neighbours as CSR arrays (indptr, indices, weights)
+    popularity.npy   time-decayed popularity per item (float32), at the training cut-off
+
+The version is a content hash: the same training data and parameters give the same version, and
+any edit to a file is detected on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from insession.catalog import Catalog
+from insession.errors import ModelError
+
+MODEL_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CovisitMatrix:
+    """Top-k neighbours per item: row ``i`` is ``indices[indptr[i]:indptr[i+1]]``."""
+
+    indptr: npt.NDArray[np.int64]
+    indices: npt.NDArray[np.int32]
+    weights: npt.NDArray[np.float32]
+
+    def row(self, item: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+        lo, hi = int(self.indptr[item]), int(self.indptr[item + 1])
+        return self.indices[lo:hi], self.weights[lo:hi]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.indptr) - 1
+
+
+@dataclass(slots=True)
+class ModelBundle:
+    catalog: Catalog
+    covisit: CovisitMatrix
+    popularity: npt.NDArray[np.float32]
+    params: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+    popular_order: npt.NDArray[np.int64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.catalog)
+        if self.covisit.n_items != n or len(self.popularity) != n:
+            raise ModelError(
+                f"model parts disagree on item count: catalog {n}, covisit "
+                f"{self.covisit.n_items}, popularity {len(self.popularity)}"
+            )
+        # Most popular first; ties broken by dense index so the order is total and stable.
+        self.popular_order = np.lexsort((np.arange(n), -self.popularity))
+        if not self.version:
+            self.version = _version(self._files())
+
+    def _files(self) -> dict[str, bytes]:
+        buf = io.BytesIO()
+        np.savez(buf, indptr=self.covisit.indptr, indices=self.covisit.indices, weights=self.covisit.weights)
+        pop = io.BytesIO()
+        np.save(pop, self.popularity)
+        catalog = json.dumps(self.catalog.to_list(), sort_keys=True, separators=(",", ":"))
+        params = json.dumps(self.params, sort_keys=True, separators=(",", ":"))
+        return {
+            "catalog.json": catalog.encode(),
+            "covisit.npz": _strip_npz_times(buf.getvalue()),
+            "popularity.npy": pop.getvalue(),
+            "params.json": params.encode(),
+        }
+
+    def save(self, directory: Path) -> Path:
+        """Write the bundle to ``directory`` (created if needed); returns the manifest path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        files = self._files()
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+        manifest = {
+            "format": MODEL_FORMAT,
+            "version": self.version,
+            "params": self.params,
+            "stats": self.stats,
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+        }
+        path = directory / "manifest.json"
+        path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @staticmethod
+    def load(directory: Path) -> ModelBundle:
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise ModelError(f"no model at {directory}: manifest.json missing (run `insession train`)")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format") != MODEL_FORMAT:
+            raise ModelError(f"model at {directory}: format {manifest.get('format')!r}, expected {MODEL_FORMAT}")
+        files: dict[str, bytes] = {}
+        for name, digest in manifest["files"].items():
+            try:
+                data = (directory / name).read_bytes()
+            except OSError as exc:
+                raise ModelError(f"model at {directory}: {name} unreadable ({exc.strerror})") from exc
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise ModelError(f"model at {directory}: {name} does not match its recorded hash")
+            files[name] = data
+        arrays = np.load(io.BytesIO(files["covisit.npz"]))
+        bundle = ModelBundle(
+            catalog=Catalog.from_list(json.loads(files["catalog.json"])),
+            covisit=CovisitMatrix(arrays["indptr"], arrays["indices"], arrays["weights"]),
+            popularity=np.load(io.BytesIO(files["popularity.npy"])),
+            params=json.loads(files["params.json"]),
+            stats=manifest.get("stats", {}),
+            version=manifest["version"],
+        )
+        return bundle
+
+
+def _version(files: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return h.hexdigest()[:16]
+
+
+def _strip_npz_times(data: bytes) -> bytes:
+    """Rewrite a .npz (a zip) with fixed timestamps so equal arrays give equal bytes."""
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as dst:
+        for info in sorted(src.infolist(), key=lambda i: i.filename):
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            dst.writestr(fixed, src.read(info.filename))
+    return out.getvalue()

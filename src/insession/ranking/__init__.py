@@ -1,0 +1,1 @@
+"""Ranking: score merged candidates."""

@@ -1,0 +1,80 @@
+"""Re-ranking rules: each a small function over a ranked list, applied in a declared order.
+
+A rule returns the list it keeps; what it removed is recorded under its name, so a response can
+say which rule moved or dropped each item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from insession.candidates.base import RequestContext
+from insession.config import SurfaceConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    item_id: str
+    item: int
+    score: float
+    sources: tuple[str, ...]
+
+
+Rule = Callable[[RequestContext, SurfaceConfig, list[Ranked]], list[Ranked]]
+
+
+def _without(ranked: list[Ranked], banned: Sequence[str]) -> list[Ranked]:
+    if not banned:
+        return ranked
+    drop = set(banned)
+    return [r for r in ranked if r.item_id not in drop]
+
+
+def exclude_purchased(ctx: RequestContext, surface: SurfaceConfig, ranked: list[Ranked]) -> list[Ranked]:
+    return _without(ranked, ctx.state.purchased if ctx.state else ())
+
+
+def exclude_dismissed(ctx: RequestContext, surface: SurfaceConfig, ranked: list[Ranked]) -> list[Ranked]:
+    return _without(ranked, ctx.state.dismissed if ctx.state else ())
+
+
+def exclude_current_item(ctx: RequestContext, surface: SurfaceConfig, ranked: list[Ranked]) -> list[Ranked]:
+    if not surface.exclude_current_item or ctx.current_item is None:
+        return ranked
+    return _without(ranked, (ctx.current_item,))
+
+
+def exclude_cart(ctx: RequestContext, surface: SurfaceConfig, ranked: list[Ranked]) -> list[Ranked]:
+    if not surface.exclude_cart or ctx.state is None:
+        return ranked
+    return _without(ranked, ctx.state.cart)
+
+
+def exclude_seen(ctx: RequestContext, surface: SurfaceConfig, ranked: list[Ranked]) -> list[Ranked]:
+    if not surface.exclude_seen or ctx.state is None:
+        return ranked
+    return _without(ranked, ctx.state.seen_items())
+
+
+DEFAULT_RULES: tuple[tuple[str, Rule], ...] = (
+    ("exclude_purchased", exclude_purchased),
+    ("exclude_dismissed", exclude_dismissed),
+    ("exclude_current_item", exclude_current_item),
+    ("exclude_cart", exclude_cart),
+    ("exclude_seen", exclude_seen),
+)
+
+
+def apply_rules(
+    ctx: RequestContext, surface: SurfaceConfig, ranked: list[Ranked], rules: Sequence[tuple[str, Rule]] = DEFAULT_RULES
+) -> tuple[list[Ranked], dict[str, list[str]]]:
+    """Run ``rules`` in order; returns the kept list and, per rule, the item ids it removed."""
+    removed: dict[str, list[str]] = {}
+    for name, rule in rules:
+        kept = rule(ctx, surface, ranked)
+        if len(kept) != len(ranked):
+            keep_ids = {r.item_id for r in kept}
+            removed[name] = [r.item_id for r in ranked if r.item_id not in keep_ids]
+        ranked = kept
+    return ranked, removed

@@ -1,0 +1,1 @@
+"""The HTTP edge: the app, its metrics, and a server runner."""

@@ -1,0 +1,137 @@
+"""The HTTP app: thin translation between JSON and the engine.
+
+Bodies are validated by pydantic at this edge and converted to domain objects; events are
+validated one by one by :func:`insession.events.validate_event` so one bad event never rejects
+its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from insession.engine import Engine
+from insession.errors import InsessionError, PayloadTooLarge
+from insession.pipeline import RecommendRequest
+from insession.serving.metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Any] = Field(description="Events; each is validated on its own.")
+
+
+class RecommendationContext(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    item_id: str | None = Field(default=None, max_length=128)
+    page: str | None = Field(default=None, max_length=64)
+    device: str | None = Field(default=None, max_length=64)
+
+
+class RecommendationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1, max_length=128)
+    surface: str = Field(default="home", min_length=1, max_length=64)
+    k: int = Field(default=10, ge=1, le=100)
+    context: RecommendationContext | None = None
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        got = err.get("input")
+        out.append(
+            {
+                "field": field,
+                "expected": str(err.get("msg", "")),
+                "got": type(got).__name__ if got is not None else "nothing",
+            }
+        )
+    return out
+
+
+def create_app(engine: Engine, metrics: ServiceMetrics | None = None) -> FastAPI:
+    metrics = metrics or ServiceMetrics()
+    app = FastAPI(title="insession", version="0.1.0", description="Real-time in-session recommendations.")
+    app.state.engine = engine
+    app.state.metrics = metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc)
+        message = "; ".join(f"{e['field']}: {e['expected']}" for e in errors)
+        return JSONResponse({"error": message, "errors": errors}, status_code=422)
+
+    @app.exception_handler(InsessionError)
+    async def _known(request: Request, exc: InsessionError) -> JSONResponse:
+        body: dict[str, Any] = {"error": exc.message}
+        errors = getattr(exc, "errors", None)
+        if errors:
+            body["errors"] = [e.to_dict() for e in errors]
+        return JSONResponse(body, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unknown(request: Request, exc: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("unhandled error (incident %s)", incident)
+        return JSONResponse({"error": "internal error", "incident": incident}, status_code=500)
+
+    @app.post("/v1/events")
+    def post_events(batch: EventBatch) -> dict[str, Any]:
+        limit = engine.settings.max_batch_events
+        if len(batch.events) > limit:
+            raise PayloadTooLarge(f"events: expected at most {limit} events per batch, got {len(batch.events)}")
+        result = engine.ingest_raw(batch.events)
+        metrics.events.labels("accepted").inc(result.accepted)
+        metrics.events.labels("duplicate").inc(result.duplicates)
+        metrics.events.labels("rejected").inc(len(result.rejected))
+        metrics.log_position.set(engine.store.applied_position())
+        return result.to_dict()
+
+    @app.post("/v1/recommendations")
+    def post_recommendations(body: RecommendationBody) -> dict[str, Any]:
+        context = {}
+        if body.context is not None:
+            context = {k: str(v) for k, v in body.context.model_dump().items() if v is not None}
+        started = time.perf_counter()
+        response = engine.recommend(RecommendRequest(body.user_id, body.surface, body.k, context))
+        metrics.recommend_latency.labels(body.surface, response.tier).observe(time.perf_counter() - started)
+        for stage, ms in response.timings_ms.items():
+            if stage != "total":
+                metrics.stage_latency.labels(stage).observe(ms / 1000.0)
+        return response.to_dict()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model_version": engine.model.version,
+            "log_position": engine.store.applied_position(),
+            "live_users": len(engine.store),
+        }
+
+    @app.get("/metrics")
+    def get_metrics() -> Response:
+        metrics.users.set(len(engine.store))
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return (
+            "<!doctype html><title>insession</title><h1>insession</h1>"
+            f"<p>Model {engine.model.version}. API: POST /v1/events, POST /v1/recommendations, "
+            "GET /healthz, GET /metrics, <a href='/docs'>/docs</a>.</p>"
+        )
+
+    return app

@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry per app (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "insession_events_total", "Events received, by outcome", ["outcome"], registry=self.registry
+        )
+        self.recommend_latency = Histogram(
+            "insession_recommend_seconds",
+            "Recommendation latency inside the engine",
+            ["surface", "tier"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_latency = Histogram(
+            "insession_stage_seconds",
+            "Time per pipeline stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "insession_http_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.log_position = Gauge("insession_log_position", "Last event-log position applied", registry=self.registry)
+        self.users = Gauge("insession_live_users", "Users with live state in the store", registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,143 @@
+"""The embedded feature store: dictionaries in process memory, snapshotted to one file.
+
+Snapshot format: one JSON document followed by its SHA-256, written to a temporary file, fsynced
+and renamed into place, so a crash mid-write leaves the previous snapshot intact. A snapshot whose
+checksum does not match raises :class:`~insession.errors.SnapshotCorrupt`; the engine then
+rebuilds state from the event log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from insession.clock import Clock, SystemClock
+from insession.errors import SnapshotCorrupt
+from insession.sessions import SessionState
+
+SNAPSHOT_FORMAT = 1
+
+
+class MemoryFeatureStore:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._sessions: dict[str, tuple[SessionState, int]] = {}
+        self._kv: dict[str, dict[str, tuple[bytes, int]]] = {}
+        self._position = 0
+
+    # -- protocol ---------------------------------------------------------------------------
+    def get_session(self, user_id: str) -> SessionState | None:
+        found = self._sessions.get(user_id)
+        if found is None:
+            return None
+        state, expires = found
+        if expires <= self._clock.now_ms():
+            with self._lock:
+                if self._sessions.get(user_id) is found:
+                    del self._sessions[user_id]
+            return None
+        return state
+
+    def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
+        self._sessions[user_id] = (state, self._clock.now_ms() + ttl_s * 1000)
+
+    def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
+        table = self._kv.get(namespace, {})
+        now = self._clock.now_ms()
+        out: list[bytes | None] = []
+        for key in keys:
+            found = table.get(key)
+            out.append(found[0] if found is not None and found[1] > now else None)
+        return out
+
+    def put_many(self, namespace: str, values: Mapping[str, bytes], ttl_s: int) -> None:
+        expires = self._clock.now_ms() + ttl_s * 1000
+        with self._lock:
+            table = self._kv.setdefault(namespace, {})
+            for key, value in values.items():
+                table[key] = (value, expires)
+
+    def applied_position(self) -> int:
+        return self._position
+
+    def set_applied_position(self, position: int) -> None:
+        self._position = position
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def purge_expired(self) -> int:
+        """Drop expired entries now; returns how many went."""
+        now = self._clock.now_ms()
+        with self._lock:
+            dead = [k for k, (_, exp) in self._sessions.items() if exp <= now]
+            for key in dead:
+                del self._sessions[key]
+            removed = len(dead)
+            for table in self._kv.values():
+                gone = [k for k, (_, exp) in table.items() if exp <= now]
+                for key in gone:
+                    del table[key]
+                removed += len(gone)
+        return removed
+
+    def snapshot(self, path: Path) -> None:
+        """Write every live entry and the applied position to ``path`` atomically."""
+        now = self._clock.now_ms()
+        with self._lock:
+            doc = {
+                "format": SNAPSHOT_FORMAT,
+                "applied_position": self._position,
+                "sessions": {
+                    key: [exp, state.to_dict()] for key, (state, exp) in sorted(self._sessions.items()) if exp > now
+                },
+                "kv": {
+                    ns: {
+                        key: [exp, base64.b64encode(val).decode()]
+                        for key, (val, exp) in sorted(table.items())
+                        if exp > now
+                    }
+                    for ns, table in sorted(self._kv.items())
+                },
+            }
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(body).hexdigest().encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(body + b"\n" + digest + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        """Replace the contents with a snapshot; raises ``SnapshotCorrupt`` if it is damaged."""
+        try:
+            raw = path.read_bytes()
+            body, digest, tail = raw.rsplit(b"\n", 2)
+            if tail != b"" or hashlib.sha256(body).hexdigest().encode() != digest:
+                raise SnapshotCorrupt(f"snapshot {path}: checksum mismatch (truncated or edited)")
+            doc = json.loads(body)
+            if doc.get("format") != SNAPSHOT_FORMAT:
+                raise SnapshotCorrupt(f"snapshot {path}: format {doc.get('format')!r}, expected {SNAPSHOT_FORMAT}")
+            sessions = {key: (SessionState.from_dict(state), int(exp)) for key, (exp, state) in doc["sessions"].items()}
+            kv = {
+                ns: {key: (base64.b64decode(val), int(exp)) for key, (exp, val) in table.items()}
+                for ns, table in doc["kv"].items()
+            }
+            position = int(doc["applied_position"])
+        except SnapshotCorrupt:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SnapshotCorrupt(f"snapshot {path}: unreadable ({type(exc).__name__})") from exc
+        with self._lock:
+            self._sessions = sessions
+            self._kv = kv
+            self._position = position
