@@ -1,0 +1,74 @@
+"""The EventLog contract; every implementation is added to ``LOGS``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from insession.events import Event, EventType
+from insession.log import EventLog
+from insession.log.sqlite import SqliteEventLog
+
+T0 = 1_767_225_600_000
+LOGS: dict[str, Callable[[Path], EventLog]] = {"sqlite": lambda d: SqliteEventLog(d / "events.sqlite")}
+
+
+def ev(n: int, user: str = "u1") -> Event:
+    return Event(f"e{n}", user, EventType.CLICK, T0 + n, f"i{n}")
+
+
+@pytest.fixture(params=sorted(LOGS))
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
+    made = LOGS[request.param](tmp_path)
+    yield made
+    made.close()
+
+
+def test_append_assigns_increasing_positions(log: EventLog) -> None:
+    result = log.append([ev(1), ev(2), ev(3)])
+    positions = [p for p, _ in result.accepted]
+    assert positions == sorted(positions) and len(set(positions)) == 3
+    assert log.last_position() == positions[-1] and log.count() == 3
+
+
+def test_resent_event_is_a_duplicate_never_written_twice(log: EventLog) -> None:
+    log.append([ev(1), ev(2)])
+    again = log.append([ev(2), ev(3)])
+    assert again.duplicates == 1 and again.duplicate_ids == ["e2"]
+    assert [e.event_id for _, e in again.accepted] == ["e3"]
+    assert [e.event_id for _, e in log.read()] == ["e1", "e2", "e3"]
+
+
+def test_duplicate_within_one_batch(log: EventLog) -> None:
+    result = log.append([ev(1), ev(1)])
+    assert len(result.accepted) == 1 and result.duplicates == 1 and log.count() == 1
+
+
+def test_read_from_a_position(log: EventLog) -> None:
+    result = log.append([ev(n) for n in range(1, 11)])
+    middle = result.accepted[4][0]
+    assert [e.event_id for _, e in log.read(after=middle)] == [f"e{n}" for n in range(6, 11)]
+    assert [e.event_id for _, e in log.read(after=0, limit=3)] == ["e1", "e2", "e3"]
+    assert list(log.read(after=log.last_position())) == []
+
+
+def test_events_read_back_equal_what_was_written(log: EventLog) -> None:
+    event = Event("x", "u", EventType.ADD_TO_CART, T0, "i9", "s1", {"price": 3.5, "category": "c"})
+    log.append([event])
+    assert [e for _, e in log.read()] == [event]
+
+
+def test_empty_append_is_a_no_op(log: EventLog) -> None:
+    assert log.append([]).accepted == [] and log.last_position() == 0
+
+
+def test_sqlite_log_survives_reopen(tmp_path: Path) -> None:
+    first = SqliteEventLog(tmp_path / "log.sqlite")
+    first.append([ev(1), ev(2)])
+    first.close()
+    second = SqliteEventLog(tmp_path / "log.sqlite")
+    assert second.append([ev(2)]).duplicates == 1
+    assert [e.event_id for _, e in second.read()] == ["e1", "e2"]
+    second.close()

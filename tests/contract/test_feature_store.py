@@ -1,0 +1,99 @@
+"""The FeatureStore contract; every implementation is added to ``STORES``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from insession.clock import ManualClock
+from insession.config import SessionConfig
+from insession.errors import SnapshotCorrupt
+from insession.events import Event, EventType
+from insession.sessions import SessionState, apply
+from insession.store import FeatureStore
+from insession.store.memory import MemoryFeatureStore
+
+STORES: dict[str, Callable[[ManualClock], FeatureStore]] = {"memory": MemoryFeatureStore}
+
+
+def state(user: str = "u1") -> SessionState:
+    return apply(None, Event("e1", user, EventType.CLICK, 1_767_225_600_000, "i1"), SessionConfig(), 1)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, clock: ManualClock) -> FeatureStore:
+    return STORES[request.param](clock)
+
+
+def test_session_round_trip(store: FeatureStore) -> None:
+    assert store.get_session("u1") is None
+    store.put_session("u1", state(), ttl_s=60)
+    assert store.get_session("u1") == state()
+
+
+def test_session_expires_after_ttl(store: FeatureStore, clock: ManualClock) -> None:
+    store.put_session("u1", state(), ttl_s=60)
+    clock.advance(59_999)
+    assert store.get_session("u1") is not None
+    clock.advance(1)
+    assert store.get_session("u1") is None
+
+
+def test_last_write_wins(store: FeatureStore) -> None:
+    first, second = (
+        state(),
+        apply(state(), Event("e2", "u1", EventType.VIEW, 1_767_225_600_500, "i2"), SessionConfig(), 2),
+    )
+    store.put_session("u1", first, 60)
+    store.put_session("u1", second, 60)
+    assert store.get_session("u1") == second
+
+
+def test_get_many_keeps_order_and_marks_missing(store: FeatureStore, clock: ManualClock) -> None:
+    store.put_many("item", {"a": b"1", "b": b"2"}, ttl_s=10)
+    assert store.get_many("item", ["b", "x", "a"]) == [b"2", None, b"1"]
+    clock.advance(10_000)
+    assert store.get_many("item", ["a"]) == [None]
+
+
+def test_applied_position(store: FeatureStore) -> None:
+    assert store.applied_position() == 0
+    store.set_applied_position(42)
+    assert store.applied_position() == 42
+
+
+def test_memory_snapshot_round_trip(tmp_path: Path, clock: ManualClock) -> None:
+    store = MemoryFeatureStore(clock)
+    store.put_session("u1", state("u1"), 60)
+    store.put_many("item", {"a": b"\x00\x01"}, 60)
+    store.set_applied_position(7)
+    store.snapshot(tmp_path / "snap")
+    loaded = MemoryFeatureStore(clock)
+    loaded.load(tmp_path / "snap")
+    assert loaded.get_session("u1") == state("u1")
+    assert loaded.get_many("item", ["a"]) == [b"\x00\x01"] and loaded.applied_position() == 7
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
+def test_damaged_snapshot_is_detected(tmp_path: Path, clock: ManualClock, damage: str) -> None:
+    store = MemoryFeatureStore(clock)
+    store.put_session("u1", state(), 60)
+    path = tmp_path / "snap"
+    store.snapshot(path)
+    raw = path.read_bytes()
+    broken = {
+        "truncate": raw[: len(raw) // 2],
+        "flip": raw.replace(b'"u1"', b'"u2"', 1),
+        "empty": b"",
+        "garbage": b"\x00\xff not a snapshot",
+    }[damage]
+    path.write_bytes(broken)
+    with pytest.raises(SnapshotCorrupt):
+        MemoryFeatureStore(clock).load(path)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from insession.catalog import Item
+from insession.errors import ModelError
+from insession.events import Event, EventType
+from insession.model import ModelBundle
+from insession.training import TrainConfig, train
+
+T0 = 1_767_225_600_000
+
+
+def session(user: str, items: list[str], start: int = T0, kind: EventType = EventType.VIEW) -> list[Event]:
+    return [Event(f"{user}-{n}", user, kind, start + n * 1000, item) for n, item in enumerate(items)]
+
+
+def test_covisit_known_answer() -> None:
+    cfg = TrainConfig(covisit_window=2, forward_weight=1.0, backward_weight=0.5)
+    model = train(session("u", ["a", "b", "c"]), cfg)
+    idx = model.catalog.index
+    cols, ws = model.covisit.row(idx["a"])
+    got = {model.catalog.ids[c]: float(w) for c, w in zip(cols, ws, strict=True)}
+    # a->b: forward at distance 1 (1.0); a->c: forward at distance 2 (0.5).
+    assert got == pytest.approx({"b": 1.0, "c": 0.5})
+    cols, ws = model.covisit.row(idx["c"])
+    got = {model.catalog.ids[c]: float(w) for c, w in zip(cols, ws, strict=True)}
+    # c<-b backward at distance 1 (0.5); c<-a backward at distance 2 (0.25).
+    assert got == pytest.approx({"b": 0.5, "a": 0.25})
+
+
+def test_pairs_never_cross_sessions_or_users() -> None:
+    events = session("u1", ["a", "b"]) + session("u2", ["c", "d"]) + session("u1", ["e"], start=T0 + 10**8)
+    model = train(events)
+    idx = model.catalog.index
+    neighbours = {model.catalog.ids[c] for c in model.covisit.row(idx["b"])[0]}
+    assert neighbours == {"a"}
+    assert len(model.covisit.row(idx["e"])[0]) == 0
+
+
+def test_topk_bounds_every_row() -> None:
+    items = [f"i{n}" for n in range(30)]
+    model = train(session("u", items), TrainConfig(covisit_window=10, covisit_topk=4))
+    assert int(np.diff(model.covisit.indptr).max()) == 4
+
+
+def test_popularity_decays_with_age() -> None:
+    events = session("u1", ["old"], start=T0) + session("u2", ["new"], start=T0 + 7 * 86_400_000)
+    model = train(events, TrainConfig(popularity_half_life_days=7.0))
+    pop = {model.catalog.ids[i]: float(p) for i, p in enumerate(model.popularity)}
+    assert pop["old"] == pytest.approx(pop["new"] / 2, rel=1e-4)
+
+
+def test_catalog_metadata_comes_from_items_and_events() -> None:
+    events = [Event("e1", "u", EventType.VIEW, T0, "a", None, {"category": "shoes", "price": 10.0})]
+    model = train(events, items=[Item("b", "books", "X", 5.0, "Book")])
+    assert model.catalog.get("a") == Item("a", "shoes", None, 10.0, None)
+    assert model.catalog.get("b") == Item("b", "books", "X", 5.0, "Book")
+
+
+def test_same_data_same_version_and_save_load_round_trip(tmp_path: Path) -> None:
+    events = session("u", ["a", "b", "c", "a"])
+    first, second = train(events), train(list(events))
+    assert first.version == second.version
+    first.save(tmp_path / "m")
+    loaded = ModelBundle.load(tmp_path / "m")
+    assert loaded.version == first.version
+    assert np.array_equal(loaded.covisit.indices, first.covisit.indices)
+    assert train(session("u", ["a", "c"])).version != first.version
+
+
+def test_tampered_model_is_refused(tmp_path: Path) -> None:
+    train(session("u", ["a", "b"])).save(tmp_path / "m")
+    (tmp_path / "m" / "popularity.npy").write_bytes(b"tampered")
+    with pytest.raises(ModelError, match=r"popularity\.npy"):
+        ModelBundle.load(tmp_path / "m")
+
+
+def test_missing_model_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="insession train"):
+        ModelBundle.load(tmp_path / "nothing")
+
+
+def test_no_events_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="events"):
+        train([])
