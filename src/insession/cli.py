@@ -247,6 +247,25 @@ def _share(engine: Engine, model: ModelBundle, user: str, category: str) -> floa
     return (sum(c == category for c in seen) / len(seen)) if len(seen) >= 20 else 0.0
 
 
+@app.command()
+def bench(
+    items: Annotated[int, typer.Option(help="Catalog size of the synthetic shop.")] = 10_000,
+    out: Annotated[Path, typer.Option(help="JSON file for the figures.")] = Path("bench.json"),
+    requests: Annotated[int, typer.Option(help="Recommendation requests to time.")] = 2000,
+) -> None:
+    """Measure ingest throughput and recommendation latency; write the figures to a JSON file."""
+    import json
+
+    from insession.bench import run_bench
+
+    with console.status("benchmark") as status:
+        figures = run_bench(items, requests, progress=lambda stage: status.update(f"benchmark: {stage}"))
+    out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    for key, value in figures.items():
+        console.print(f"{key:>22}: {value}")
+    console.print(f"written to {out}")
+
+
 def main() -> None:
     logging.basicConfig(
         level=os.environ.get("INSESSION_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
