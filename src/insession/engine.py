@@ -19,6 +19,8 @@ from insession.clock import Clock, SystemClock
 from insession.config import Settings
 from insession.errors import FieldError, SnapshotCorrupt
 from insession.events import Event, validate_event
+from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
+from insession.features.activity import ItemActivity, bump
 from insession.log import AppendResult, EventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.model import ModelBundle
@@ -126,8 +128,20 @@ class Engine:
     def _apply(self, position: int, event: Event) -> SessionState:
         state = apply(self.store.get_session(event.user_id), event, self.settings.session, position)
         self.store.put_session(event.user_id, state, self.settings.state_ttl_s)
+        if event.item_id is not None:
+            old = self.store.get_many(ACTIVITY_NAMESPACE, [event.item_id])[0]
+            bumped = bump(None if old is None else ItemActivity.from_bytes(old), event)
+            if bumped is not None:
+                self.store.put_many(ACTIVITY_NAMESPACE, {event.item_id: bumped.to_bytes()}, self.settings.state_ttl_s)
         self.store.set_applied_position(position)
         return state
+
+    def activity(self, item_ids: Sequence[str]) -> list[ItemActivity | None]:
+        """Live item activity from the store (what the ranker's streaming item features read)."""
+        return [
+            None if raw is None else ItemActivity.from_bytes(raw)
+            for raw in self.store.get_many(ACTIVITY_NAMESPACE, item_ids)
+        ]
 
     def ingest(self, events: Sequence[Event]) -> AppendResult:
         """Append validated events to the log, then fold the newly accepted ones into state."""
@@ -182,7 +196,7 @@ class Engine:
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
         if not req.request_id or not req.now_ms:
             req = replace(req, request_id=req.request_id or uuid.uuid4().hex, now_ms=req.now_ms or self.clock.now_ms())
-        return self.recommender.recommend(req, self.store.get_session(req.user_id))
+        return self.recommender.recommend(req, self.store.get_session(req.user_id), self.activity)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def snapshot(self) -> None:

@@ -6,6 +6,10 @@ Layout of a model directory::
     catalog.json     items with metadata, in dense-index order
     covisit.npz      item-to-item neighbours as CSR arrays (indptr, indices, weights)
     popularity.npy   time-decayed popularity per item (float32), at the training cut-off
+    embeddings.npy   item vectors (float32, L2-normalised; zero rows for items never co-visited)
+    ann.hnsw         hnswlib index over the non-zero embeddings (optional)
+    ranker.txt       the LightGBM ranker (optional; without it the transparent scorer serves)
+    params.json      training parameters, incl. the ranker's feature names
 
 The version is a content hash: the same training data and parameters give the same version, and
 any edit to a file is detected on load.
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from insession.candidates.ann import AnnIndex
 from insession.catalog import Catalog
 from insession.errors import ModelError
 
@@ -51,20 +56,26 @@ class ModelBundle:
     catalog: Catalog
     covisit: CovisitMatrix
     popularity: npt.NDArray[np.float32]
+    embeddings: npt.NDArray[np.float32]
+    ann: AnnIndex | None = None
+    ranker: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     popular_order: npt.NDArray[np.int64] = field(init=False)
+    category_items: dict[int, npt.NDArray[np.int64]] = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.catalog)
-        if self.covisit.n_items != n or len(self.popularity) != n:
+        if self.covisit.n_items != n or len(self.popularity) != n or len(self.embeddings) != n:
             raise ModelError(
                 f"model parts disagree on item count: catalog {n}, covisit "
-                f"{self.covisit.n_items}, popularity {len(self.popularity)}"
+                f"{self.covisit.n_items}, popularity {len(self.popularity)}, embeddings {len(self.embeddings)}"
             )
         # Most popular first; ties broken by dense index so the order is total and stable.
         self.popular_order = np.lexsort((np.arange(n), -self.popularity))
+        codes = self.catalog.category_codes[self.popular_order]
+        self.category_items = {int(code): self.popular_order[codes == code] for code in np.unique(codes) if code >= 0}
         if not self.version:
             self.version = _version(self._files())
 
@@ -75,12 +86,20 @@ class ModelBundle:
         np.save(pop, self.popularity)
         catalog = json.dumps(self.catalog.to_list(), sort_keys=True, separators=(",", ":"))
         params = json.dumps(self.params, sort_keys=True, separators=(",", ":"))
-        return {
+        emb = io.BytesIO()
+        np.save(emb, self.embeddings)
+        files = {
             "catalog.json": catalog.encode(),
             "covisit.npz": _strip_npz_times(buf.getvalue()),
             "popularity.npy": pop.getvalue(),
+            "embeddings.npy": emb.getvalue(),
             "params.json": params.encode(),
         }
+        if self.ann is not None:
+            files["ann.hnsw"] = self.ann.to_bytes()
+        if self.ranker is not None:
+            files["ranker.txt"] = self.ranker.encode()
+        return files
 
     def save(self, directory: Path) -> Path:
         """Write the bundle to ``directory`` (created if needed); returns the manifest path."""
@@ -117,10 +136,18 @@ class ModelBundle:
                 raise ModelError(f"model at {directory}: {name} does not match its recorded hash")
             files[name] = data
         arrays = np.load(io.BytesIO(files["covisit.npz"]))
+        catalog = Catalog.from_list(json.loads(files["catalog.json"]))
+        embeddings = np.load(io.BytesIO(files["embeddings.npy"]))
+        ann = None
+        if "ann.hnsw" in files:
+            ann = AnnIndex.from_bytes(files["ann.hnsw"], len(catalog), embeddings.shape[1])
         bundle = ModelBundle(
-            catalog=Catalog.from_list(json.loads(files["catalog.json"])),
+            catalog=catalog,
             covisit=CovisitMatrix(arrays["indptr"], arrays["indices"], arrays["weights"]),
             popularity=np.load(io.BytesIO(files["popularity.npy"])),
+            embeddings=embeddings,
+            ann=ann,
+            ranker=files["ranker.txt"].decode() if "ranker.txt" in files else None,
             params=json.loads(files["params.json"]),
             stats=manifest.get("stats", {}),
             version=manifest["version"],

@@ -7,21 +7,37 @@ It is given the user's state and the model; it does no I/O and reads no clock ex
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from insession.candidates.base import Candidate, CandidateSource, RequestContext
+from insession.candidates.content import ContentSource
 from insession.candidates.covisit import CovisitSource
-from insession.candidates.merge import merge
+from insession.candidates.embedding import SessionEmbeddingSource, UserEmbeddingSource
+from insession.candidates.merge import Merged, merge
 from insession.candidates.popularity import PopularitySource
 from insession.config import SurfaceConfig
 from insession.errors import FieldError, ValidationError, describe
+from insession.features.activity import ItemActivity
+from insession.features.profile import ProfileConfig, build_profile
 from insession.features.streaming import AnchorConfig, session_anchors
 from insession.model import ModelBundle
+from insession.ranking.features import feature_matrix
+from insession.ranking.learned import LearnedScorer
 from insession.ranking.simple import SimpleScorer
 from insession.rerank import Ranked, apply_rules
 from insession.sessions import SessionState
+
+#: Reads the live activity of items (by id) from wherever state is kept; ``None`` where unknown.
+ActivityLookup = Callable[[Sequence[str]], list[ItemActivity | None]]
+
+
+def no_activity(items: Sequence[str]) -> list[ItemActivity | None]:
+    return [None] * len(items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,9 @@ class RecommendResponse:
     tier: str
     timings_ms: Mapping[str, float]
     removed_by_rule: Mapping[str, list[str]] = field(default_factory=dict)
+    #: The candidates in merge order and their feature rows (not serialised; for explain and tests).
+    candidate_ids: tuple[str, ...] = ()
+    features: npt.NDArray[np.float32] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,8 +93,11 @@ class RecommendResponse:
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     candidate_limit: int = 500
-    quotas: Mapping[str, int] = field(default_factory=lambda: {"covisit": 300, "popular": 200})
+    quotas: Mapping[str, int] = field(
+        default_factory=lambda: {"covisit": 200, "session_ann": 100, "user_ann": 60, "content": 80, "popular": 60}
+    )
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
 class Recommender:
@@ -90,8 +112,19 @@ class Recommender:
         self.session_timeout_ms = session_timeout_ms
         self.surfaces = surfaces
         self.cfg = cfg or PipelineConfig()
-        self.sources: tuple[CandidateSource, ...] = (CovisitSource(), PopularitySource())
-        self.scorer = SimpleScorer()
+        self.sources: tuple[CandidateSource, ...] = (
+            CovisitSource(),
+            SessionEmbeddingSource(),
+            UserEmbeddingSource(),
+            ContentSource(),
+            PopularitySource(),
+        )
+        self.simple = SimpleScorer()
+        self.learned = (
+            LearnedScorer(model.ranker, model.params.get("ranker", {}).get("features", ()))
+            if model.ranker is not None
+            else None
+        )
 
     def surface(self, name: str) -> SurfaceConfig:
         found = self.surfaces.get(name)
@@ -116,9 +149,26 @@ class Recommender:
             now_ms=req.now_ms,
             current_item=req.context.get("item_id"),
             context=req.context,
+            profile=build_profile(state, self.model, req.now_ms, self.session_timeout_ms, self.cfg.profile),
         )
 
-    def recommend(self, req: RecommendRequest, state: SessionState | None) -> RecommendResponse:
+    def gather(self, ctx: RequestContext) -> list[Merged]:
+        """Every source's candidates, merged under the per-source quotas."""
+        lists: list[tuple[str, list[Candidate]]] = [
+            (src.name, src.candidates(ctx, self.cfg.quotas.get(src.name, self.cfg.candidate_limit)))
+            for src in self.sources
+        ]
+        return merge(lists, self.cfg.quotas, self.cfg.candidate_limit)
+
+    def features(
+        self, ctx: RequestContext, merged: Sequence[Merged], activity: ActivityLookup
+    ) -> npt.NDArray[np.float32]:
+        ids = self.model.catalog.ids
+        return feature_matrix(ctx, merged, activity([ids[m.item] for m in merged]))
+
+    def recommend(
+        self, req: RecommendRequest, state: SessionState | None, activity: ActivityLookup = no_activity
+    ) -> RecommendResponse:
         surface = self.surface(req.surface)
         if not 1 <= req.k <= surface.max_k:
             raise ValidationError([FieldError("k", f"an integer 1..{surface.max_k}", describe(req.k))])
@@ -127,14 +177,16 @@ class Recommender:
         ctx = self.context(req, state)
         t1 = time.perf_counter()
         timings["features"] = (t1 - t0) * 1000
-        lists: list[tuple[str, list[Candidate]]] = [
-            (src.name, src.candidates(ctx, self.cfg.quotas.get(src.name, self.cfg.candidate_limit)))
-            for src in self.sources
-        ]
-        merged = merge(lists, self.cfg.quotas, self.cfg.candidate_limit)
+        merged = self.gather(ctx)
         t2 = time.perf_counter()
         timings["candidates"] = (t2 - t1) * 1000
-        scores = self.scorer.score(ctx, merged)
+        x = self.features(ctx, merged, activity)
+        if self.learned is not None:
+            scores = self.learned.score(x).tolist()
+            tier = "full"
+        else:
+            scores = self.simple.score(ctx, merged)
+            tier = "fast"
         ids = self.model.catalog.ids
         ranked = [Ranked(ids[m.item], m.item, s, tuple(sorted(m.sources))) for m, s in zip(merged, scores, strict=True)]
         ranked.sort(key=lambda r: (-r.score, r.item))
@@ -153,7 +205,9 @@ class Recommender:
             session_id=state.session_id if state else None,
             session_version=state.session_version if state else 0,
             model_version=self.model.version,
-            tier="full",
+            tier=tier,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             removed_by_rule=removed,
+            candidate_ids=tuple(ids[m.item] for m in merged),
+            features=x,
         )

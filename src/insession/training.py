@@ -11,14 +11,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from insession.candidates.ann import AnnIndex
 from insession.catalog import Item, catalog_from_events
 from insession.config import SessionConfig
 from insession.events import Event, EventType
 from insession.model import CovisitMatrix, ModelBundle
+from insession.ranking.features import FEATURE_NAMES
+from insession.ranking.train import RankerConfig, fit_ranker, replay_groups
 from insession.sessions import split_sessions
 
 Progress = Callable[[str, float], None]
@@ -40,6 +44,8 @@ class TrainConfig:
     forward_weight: float = 1.0
     backward_weight: float = 0.5
     popularity_half_life_days: float = 7.0
+    embedding_dim: int = 64
+    seed: int = 0
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
 
     def __post_init__(self) -> None:
@@ -110,8 +116,17 @@ def sessionize(
     )
 
 
-def build_covisit(arr: SessionArrays, n_items: int, cfg: TrainConfig) -> CovisitMatrix:
-    """Weighted co-visitation within ``covisit_window`` steps, top-k per item.
+@dataclass(slots=True)
+class PairCounts:
+    """Summed directed pair weights: ``rows[i] -> cols[i]`` with weight ``weights[i]``."""
+
+    rows: npt.NDArray[np.int64]
+    cols: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float64]
+
+
+def count_pairs(arr: SessionArrays, n_items: int, cfg: TrainConfig) -> PairCounts:
+    """Weighted co-visitation within ``covisit_window`` steps.
 
     Item b following item a at distance d adds ``forward_weight * w_b / d`` to (a -> b) and
     ``backward_weight * w_a / d`` to (b -> a): sequential rules and symmetric co-visitation in one
@@ -128,23 +143,80 @@ def build_covisit(arr: SessionArrays, n_items: int, cfg: TrainConfig) -> Covisit
         keys += [a * n_items + b, b * n_items + a]
         vals += [(cfg.forward_weight / d) * wb, (cfg.backward_weight / d) * wa]
     if not keys:
-        empty_ptr = np.zeros(n_items + 1, dtype=np.int64)
-        return CovisitMatrix(empty_ptr, np.zeros(0, np.int32), np.zeros(0, np.float32))
-    all_keys = np.concatenate(keys)
-    all_vals = np.concatenate(vals).astype(np.float64)
-    uniq, inverse = np.unique(all_keys, return_inverse=True)
-    summed = np.bincount(inverse, weights=all_vals)
-    rows, cols = uniq // n_items, uniq % n_items
+        empty = np.zeros(0, dtype=np.int64)
+        return PairCounts(empty, empty, np.zeros(0, dtype=np.float64))
+    uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    summed = np.bincount(inverse, weights=np.concatenate(vals).astype(np.float64)).astype(np.float64)
+    return PairCounts(uniq // n_items, uniq % n_items, summed)
+
+
+def top_k_neighbours(pairs: PairCounts, n_items: int, topk: int) -> CovisitMatrix:
+    """Keep the ``topk`` heaviest neighbours of every item as a CSR matrix."""
+    rows, cols, summed = pairs.rows, pairs.cols, pairs.weights
     # Top-k per row: order by row, then weight descending, then column (a total order).
     order = np.lexsort((cols, -summed, rows))
     rows, cols, summed = rows[order], cols[order], summed[order]
     starts = np.searchsorted(rows, np.arange(n_items), side="left")
     rank = np.arange(len(rows)) - starts[rows]
-    keep = rank < cfg.covisit_topk
+    keep = rank < topk
     rows, cols, summed = rows[keep], cols[keep], summed[keep]
     indptr = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_items), out=indptr[1:])
     return CovisitMatrix(indptr, cols.astype(np.int32), summed.astype(np.float32))
+
+
+def build_covisit(arr: SessionArrays, n_items: int, cfg: TrainConfig) -> CovisitMatrix:
+    return top_k_neighbours(count_pairs(arr, n_items, cfg), n_items, cfg.covisit_topk)
+
+
+def item_embeddings(
+    pairs: PairCounts, n_items: int, dim: int, seed: int, shift: float = 1.0
+) -> npt.NDArray[np.float32]:
+    """Item vectors from co-occurrence: positive PMI, factorised by randomised SVD.
+
+    Factorising shifted PPMI is what skip-gram with negative sampling (item2vec) does implicitly
+    (Levy & Goldberg, 2014); doing it in closed form is deterministic for a seed and takes seconds
+    on a CPU. Rows are L2-normalised; items without co-occurrences get a zero vector.
+    """
+    from scipy import sparse
+
+    out = np.zeros((n_items, dim), dtype=np.float32)
+    if len(pairs.rows) == 0:
+        return out
+    m = sparse.coo_matrix((pairs.weights, (pairs.rows, pairs.cols)), shape=(n_items, n_items)).tocsr()
+    m = m + m.T  # symmetric co-occurrence
+    total = float(m.sum())
+    row_sum = np.asarray(m.sum(axis=1)).ravel()
+    coo = m.tocoo()
+    pmi = np.log(coo.data * total / (row_sum[coo.row] * row_sum[coo.col])) - np.log(shift)
+    keep = pmi > 0
+    ppmi = sparse.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=(n_items, n_items))
+    k = min(dim, n_items - 1)
+    if k < 1 or ppmi.nnz == 0:
+        return out
+    u, s = _randomized_svd(ppmi, k, seed)
+    vecs = u * np.sqrt(s)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    out[:, :k] = np.where(norms > 0, vecs / np.maximum(norms, 1e-12), 0.0)
+    return out
+
+
+def _randomized_svd(
+    m: Any,
+    k: int,
+    seed: int,
+    oversample: int = 10,
+    iters: int = 4,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Left singular vectors and values of a symmetric sparse matrix (Halko et al., 2011)."""
+    rng = np.random.default_rng(seed)
+    n = m.shape[0]
+    q = np.linalg.qr(m @ rng.standard_normal((n, min(n, k + oversample))))[0]
+    for _ in range(iters):
+        q = np.linalg.qr(m @ np.linalg.qr(m.T @ q)[0])[0]
+    small = np.asarray(q.T @ m @ q)  # m is symmetric, so this is (k+p) x (k+p)
+    u_small, s, _ = np.linalg.svd(small)
+    return (q @ u_small)[:, :k], s[:k]
 
 
 def decayed_popularity(
@@ -158,29 +230,27 @@ def decayed_popularity(
     return np.bincount(arr.items, weights=w, minlength=n_items).astype(np.float32)
 
 
-def train(
-    events: Iterable[Event],
-    cfg: TrainConfig | None = None,
-    session_cfg: SessionConfig | None = None,
+def train_parts(
+    event_list: Sequence[Event],
+    cfg: TrainConfig,
+    session_cfg: SessionConfig,
     items: Iterable[Item] = (),
     progress: Progress = _noop,
 ) -> ModelBundle:
-    """Train every model part from ``events``; ``items`` adds catalog metadata and unseen items."""
-    cfg = cfg or TrainConfig()
-    session_cfg = session_cfg or SessionConfig()
-    started = time.perf_counter()
-    event_list = list(events)
-    if not event_list:
-        raise ValueError("events: expected at least one training event, got none")
-    progress("catalog", 0.1)
+    """The candidate-generation parts: catalog, co-visitation, popularity, embeddings, ANN index."""
+    progress("catalog", 0.05)
     catalog = catalog_from_events(event_list, known=items)
-    progress("sessions", 0.3)
+    progress("sessions", 0.1)
     arr = sessionize(event_list, catalog.index, session_cfg, cfg.type_weights)
-    progress("co-visitation", 0.6)
-    covisit = build_covisit(arr, len(catalog), cfg)
-    progress("popularity", 0.9)
+    progress("co-visitation", 0.15)
+    pairs = count_pairs(arr, len(catalog), cfg)
+    covisit = top_k_neighbours(pairs, len(catalog), cfg.covisit_topk)
     cutoff = max(e.ts for e in event_list)
     popularity = decayed_popularity(arr, len(catalog), cutoff, cfg.popularity_half_life_days)
+    progress("embeddings", 0.2)
+    embeddings = item_embeddings(pairs, len(catalog), cfg.embedding_dim, cfg.seed)
+    progress("ANN index", 0.3)
+    ann = AnnIndex.build(embeddings, seed=cfg.seed + 1)
     params = {
         "train": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(cfg).items()},
         "session_timeout_ms": session_cfg.timeout_ms,
@@ -192,7 +262,68 @@ def train(
         "sessions": arr.n_sessions,
         "items": len(catalog),
         "covisit_pairs": len(covisit.indices),
-        "train_seconds": round(time.perf_counter() - started, 3),
+        "items_with_embedding": int((np.linalg.norm(embeddings, axis=1) > 0).sum()),
     }
+    return ModelBundle(catalog, covisit, popularity, embeddings, ann, params=params, stats=stats)
+
+
+def train(
+    events: Iterable[Event],
+    cfg: TrainConfig | None = None,
+    session_cfg: SessionConfig | None = None,
+    items: Iterable[Item] = (),
+    progress: Progress = _noop,
+    ranker: RankerConfig | None = None,
+) -> ModelBundle:
+    """Train every model part from ``events``; ``items`` adds catalog metadata and unseen items.
+
+    With enough events, the learned ranker is trained by replay: candidate parts are fitted on the
+    first ``1 - holdout_fraction`` of the events (by time), the rest are replayed to make ranking
+    examples; the served candidate parts are then refitted on all events.
+    """
+    cfg = cfg or TrainConfig()
+    session_cfg = session_cfg or SessionConfig()
+    ranker = ranker or RankerConfig()
+    started = time.perf_counter()
+    event_list = sorted(events, key=lambda e: e.ts)  # stable: file order breaks ties
+    if not event_list:
+        raise ValueError("events: expected at least one training event, got none")
+    items = list(items)
+    model_text: str | None = None
+    ranker_stats: dict[str, Any] = {}
+    if ranker.enabled and len(event_list) >= ranker.min_events:
+        split_at = event_list[int(len(event_list) * (1 - ranker.holdout_fraction))].ts
+        early = [e for e in event_list if e.ts < split_at]
+        base = train_parts(early, cfg, session_cfg, items, lambda s, f: progress(f"replay model: {s}", 0.3 * f))
+        data = replay_groups(
+            event_list,
+            base,
+            session_cfg,
+            split_at,
+            ranker,
+            lambda f: progress("replaying events for the ranker", 0.3 + 0.4 * f),
+        )
+        if len(data.groups) >= 20:
+            progress("fitting the ranker", 0.7)
+            model_text, ranker_stats = fit_ranker(data, ranker)
+        else:
+            ranker_stats = {"skipped": f"only {len(data.groups)} usable ranking groups"}
+    else:
+        ranker_stats = {
+            "skipped": f"{len(event_list)} events (< {ranker.min_events})" if ranker.enabled else "disabled"
+        }
+    final = train_parts(event_list, cfg, session_cfg, items, lambda s, f: progress(s, 0.75 + 0.25 * f))
+    final.params["ranker"] = {"features": list(FEATURE_NAMES) if model_text else [], "config": asdict(ranker)}
+    final.stats["ranker"] = ranker_stats
+    final.stats["train_seconds"] = round(time.perf_counter() - started, 3)
     progress("done", 1.0)
-    return ModelBundle(catalog, covisit, popularity, params=params, stats=stats)
+    return ModelBundle(
+        final.catalog,
+        final.covisit,
+        final.popularity,
+        final.embeddings,
+        final.ann,
+        ranker=model_text,
+        params=final.params,
+        stats=final.stats,
+    )

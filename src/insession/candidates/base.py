@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from insession.model import ModelBundle
 from insession.sessions import SessionState
+
+if TYPE_CHECKING:
+    from insession.features.profile import Profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,7 @@ class RequestContext:
     now_ms: int = 0  # request time, recorded so the request replays
     current_item: str | None = None
     context: Mapping[str, str] = field(default_factory=dict)
+    profile: Profile | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,10 @@ from insession.candidates.merge import Merged
 
 @dataclass(frozen=True, slots=True)
 class SimpleScorer:
-    """``score = covisit / max covisit + popularity_weight * popularity / max popularity``."""
+    """A weighted sum of each source's normalised evidence, popularity as the tie-breaker.
+
+    Serves the ``fast`` tier and any model trained without a ranker.
+    """
 
     popularity_weight: float = 0.05
     name: str = "simple"
