@@ -91,6 +91,15 @@ def train(
             f"{model.stats['sessions']} sessions, {model.stats['covisit_pairs']} "
             f"co-visitation pairs) in {time.perf_counter() - started:.1f}s"
         )
+        ranker = model.stats.get("ranker", {})
+        if "skipped" in ranker:
+            console.print(f"ranker: not trained ({ranker['skipped']}); the transparent scorer serves (tier 'fast')")
+        else:
+            console.print(
+                f"ranker: LambdaRank on {ranker['groups']} replayed requests, candidate recall "
+                f"{ranker['candidate_recall']:.1%}, validation NDCG@10 {ranker['valid_ndcg@10']} at round "
+                f"{ranker['best_iteration']}; top features: {', '.join(ranker['top_features'][:5])}"
+            )
 
 
 @app.command()
