@@ -17,7 +17,7 @@ import numpy.typing as npt
 from insession.candidates.base import Candidate, CandidateSource, RequestContext
 from insession.candidates.content import ContentSource
 from insession.candidates.covisit import CovisitSource
-from insession.candidates.embedding import SessionEmbeddingSource, UserEmbeddingSource
+from insession.candidates.embedding import EmbeddingSource
 from insession.candidates.merge import Merged, merge
 from insession.candidates.popularity import PopularitySource
 from insession.config import SurfaceConfig
@@ -114,8 +114,8 @@ class Recommender:
         self.cfg = cfg or PipelineConfig()
         self.sources: tuple[CandidateSource, ...] = (
             CovisitSource(),
-            SessionEmbeddingSource(),
-            UserEmbeddingSource(),
+            EmbeddingSource("session_ann", "session"),
+            EmbeddingSource("user_ann", "user"),
             ContentSource(),
             PopularitySource(),
         )

@@ -36,7 +36,10 @@ class Candidate:
 
 
 class CandidateSource(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The tag this source's candidates carry in responses."""
+        ...
 
     def candidates(self, ctx: RequestContext, k: int) -> list[Candidate]:
         """Up to ``k`` candidates, best first, ties broken by item index (deterministic)."""

@@ -1,31 +1,30 @@
-"""Nearest neighbours of the session embedding and of the long-term user embedding."""
+"""Nearest neighbours (through the ANN index) of the session embedding or the user embedding."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 from insession.candidates.base import Candidate, RequestContext
 
 
-class SessionEmbeddingSource:
-    """Items close to what this session is about (recency-decayed, per-type half-lives)."""
+@dataclass(frozen=True, slots=True)
+class EmbeddingSource:
+    """``of="session"``: what this session is about (recency-decayed, per-type half-lives);
+    ``of="user"``: who the user is over earlier sessions."""
 
-    name = "session_ann"
-
-    def candidates(self, ctx: RequestContext, k: int) -> list[Candidate]:
-        ann = ctx.model.ann
-        if ann is None or ctx.profile is None or ctx.profile.n_session == 0:
-            return []
-        items, sims = ann.query(ctx.profile.session_embedding, k)
-        return [Candidate(int(i), float(s)) for i, s in zip(items, sims, strict=True)]
-
-
-class UserEmbeddingSource:
-    """Items close to who the user is over earlier sessions."""
-
-    name = "user_ann"
+    name: str
+    of: Literal["session", "user"]
 
     def candidates(self, ctx: RequestContext, k: int) -> list[Candidate]:
-        ann = ctx.model.ann
-        if ann is None or ctx.profile is None or ctx.profile.n_history == 0:
+        ann, profile = ctx.model.ann, ctx.profile
+        if ann is None or profile is None:
             return []
-        items, sims = ann.query(ctx.profile.user_embedding, k)
+        if self.of == "session":
+            vector, evidence = profile.session_embedding, profile.n_session
+        else:
+            vector, evidence = profile.user_embedding, profile.n_history
+        if evidence == 0:
+            return []
+        items, sims = ann.query(vector, k)
         return [Candidate(int(i), float(s)) for i, s in zip(items, sims, strict=True)]
