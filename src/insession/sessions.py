@@ -192,26 +192,35 @@ def fold(events: Iterable[Event], cfg: SessionConfig) -> dict[str, SessionState]
     return states
 
 
+def advance(marker: SessionState | None, event: Event, cfg: SessionConfig) -> tuple[bool, SessionState]:
+    """Track session boundaries cheaply: whether ``event`` opens a session, and the next marker.
+
+    A marker is a ``SessionState`` with only the fields the cut rule reads; it is what
+    :func:`split_sessions` and the replay scheduler use instead of folding whole states.
+    """
+    if starts_new_session(marker, event, cfg):
+        return True, SessionState(
+            user_id=event.user_id,
+            session_id=event.session_id or "",
+            session_index=0,
+            session_version=0,
+            session_started_ms=event.ts,
+            last_event_ms=event.ts,
+            explicit_session=event.session_id is not None,
+        )
+    assert marker is not None  # starts_new_session is True for a missing marker
+    return False, replace(marker, last_event_ms=max(marker.last_event_ms, event.ts))
+
+
 def split_sessions(user_events: Sequence[Event], cfg: SessionConfig) -> Iterator[list[Event]]:
     """Cut one user's time-ordered events into sessions with the same rule ``apply`` uses."""
     current: list[Event] = []
     marker: SessionState | None = None
     for event in user_events:
-        if starts_new_session(marker, event, cfg):
-            if current:
-                yield current
+        new, marker = advance(marker, event, cfg)
+        if new and current:
+            yield current
             current = []
-            marker = SessionState(
-                user_id=event.user_id,
-                session_id=event.session_id or "",
-                session_index=0,
-                session_version=0,
-                session_started_ms=event.ts,
-                last_event_ms=event.ts,
-                explicit_session=event.session_id is not None,
-            )
-        elif marker is not None:
-            marker = replace(marker, last_event_ms=max(marker.last_event_ms, event.ts))
         current.append(event)
     if current:
         yield current

@@ -1,9 +1,10 @@
 """Training the learned ranker by replaying the event log through the serving code.
 
 For each sampled target event (a view, click, cart add or purchase of a known item) the replay
-asks the real ``Recommender`` for its candidates and features *with state folded only up to just
-before that event*: the same ``apply`` and ``bump`` folds, the same profile, the same sources, the
-same ``feature_matrix``. The target item is the positive; a seeded sample of the other candidates
+asks the real ``Recommender`` for its candidates and features at the moment the list before that
+event would have been served (``replay.request_points``: right after the user's previous event in
+the session): the same ``apply`` and ``bump`` folds, the same profile, the same sources, the same
+``feature_matrix``. The target item is the positive; a seeded sample of the other candidates
 are the negatives. The candidate models used during replay are trained on the events before the
 replayed period only, so no example sees its own future.
 """
@@ -21,11 +22,10 @@ import numpy.typing as npt
 
 from insession.config import SessionConfig, SurfaceConfig
 from insession.events import Event, EventType
-from insession.features.activity import ItemActivity, bump
 from insession.model import ModelBundle
 from insession.pipeline import Recommender, RecommendRequest
 from insession.ranking.features import FEATURE_NAMES
-from insession.sessions import SessionState, apply
+from insession.replay import Replay, request_points
 
 TARGET_GAIN = {EventType.VIEW: 1, EventType.CLICK: 1, EventType.ADD_TO_CART: 2, EventType.PURCHASE: 3}
 
@@ -76,47 +76,41 @@ def replay_groups(
     rng = np.random.default_rng(cfg.seed)
     if len(eligible) > cfg.max_groups:
         eligible = sorted(rng.choice(eligible, size=cfg.max_groups, replace=False).tolist())
-    chosen = set(eligible)
-    states: dict[str, SessionState] = {}
-    activity: dict[str, ItemActivity] = {}
-
-    def lookup(ids: Sequence[str]) -> list[ItemActivity | None]:
-        return [activity.get(i) for i in ids]
-
+    due = request_points(events, eligible, session_cfg)
+    replay = Replay(session_cfg)
     rows: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.int32]] = []
     groups: list[int] = []
     recalled = 0
     done = 0
-    for i, event in enumerate(events):
-        if i in chosen:
+    for position in range(-1, len(events)):
+        if position >= 0:
+            replay.apply(position + 1, events[position])
+        for point in due.get(position, ()):
             done += 1
             if done % 500 == 0:
                 progress(done / len(eligible))
-            req = RecommendRequest(event.user_id, "home", 10, {}, f"replay-{i}", event.ts)
-            ctx = recommender.context(req, states.get(event.user_id))
+            event = events[point.target]
+            req = RecommendRequest(event.user_id, "home", 10, {}, f"replay-{point.target}", point.now_ms)
+            ctx = recommender.context(req, replay.state(event.user_id))
             merged = recommender.gather(ctx)
             target = base.catalog.index[event.item_id]  # type: ignore[index]
             hit = [n for n, m in enumerate(merged) if m.item == target]
-            if hit:
-                recalled += 1
-                others = [n for n in range(len(merged)) if n != hit[0]]
-                if len(others) > cfg.negatives:
-                    others = sorted(rng.choice(others, size=cfg.negatives, replace=False).tolist())
-                # Shuffled, so the positive's position carries no signal: with tied scores a
-                # stable sort would otherwise credit the tie to whichever row comes first.
-                keep = rng.permutation([hit[0], *others]).tolist()
-                x = recommender.features(ctx, [merged[n] for n in keep], lookup)
-                y = np.zeros(len(keep), dtype=np.int32)
-                y[keep.index(hit[0])] = TARGET_GAIN[event.type]
-                rows.append(x)
-                labels.append(y)
-                groups.append(len(keep))
-        states[event.user_id] = apply(states.get(event.user_id), event, session_cfg, i + 1)
-        if event.item_id is not None:
-            bumped = bump(activity.get(event.item_id), event)
-            if bumped is not None:
-                activity[event.item_id] = bumped
+            if not hit:
+                continue
+            recalled += 1
+            others = [n for n in range(len(merged)) if n != hit[0]]
+            if len(others) > cfg.negatives:
+                others = sorted(rng.choice(others, size=cfg.negatives, replace=False).tolist())
+            # Shuffled, so the positive's position carries no signal: with tied scores a
+            # stable sort would otherwise credit the tie to whichever row comes first.
+            keep = rng.permutation([hit[0], *others]).tolist()
+            x = recommender.features(ctx, [merged[n] for n in keep], replay.lookup)
+            y = np.zeros(len(keep), dtype=np.int32)
+            y[keep.index(hit[0])] = TARGET_GAIN[event.type]
+            rows.append(x)
+            labels.append(y)
+            groups.append(len(keep))
     x_all = np.concatenate(rows) if rows else np.zeros((0, len(FEATURE_NAMES)), np.float32)
     y_all = np.concatenate(labels) if labels else np.zeros(0, np.int32)
     return ReplayData(x_all, y_all, groups, len(eligible), recalled)

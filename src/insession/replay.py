@@ -1,0 +1,76 @@
+"""Replaying an event stream through the engine's folds, and when a replayed request is asked.
+
+Training the ranker and offline evaluation both replay history and ask the ``Recommender`` what
+it would have served at some moment. ``Replay`` folds events into per-user state with
+``sessions.apply`` and into per-item activity with ``features.activity.bump``, the same folds
+the engine runs on ingest, so a replayed request sees exactly what a live one would have seen.
+
+``request_points`` decides the moment: the request that precedes an event is asked right after
+the same user's previous event, at that event's time, when both are in one session (the user is
+on a page, the list is served, then the user acts). For the first event of a session it is asked
+just before the event, at its time. Either way the request never sees the gap before the next
+action, nor any event from after its own time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from insession.config import SessionConfig
+from insession.events import Event
+from insession.features.activity import ItemActivity, bump
+from insession.sessions import SessionState, advance, apply
+
+
+class Replay:
+    """Per-user state and per-item activity, folded event by event."""
+
+    def __init__(self, session_cfg: SessionConfig, users: frozenset[str] | None = None) -> None:
+        self.session_cfg = session_cfg
+        self.users = users  # fold state only for these users (activity is folded for every event)
+        self.states: dict[str, SessionState] = {}
+        self.activity: dict[str, ItemActivity] = {}
+
+    def apply(self, position: int, event: Event) -> None:
+        """Fold ``event``, the ``position``-th (1-based) event of the stream."""
+        if self.users is None or event.user_id in self.users:
+            self.states[event.user_id] = apply(self.states.get(event.user_id), event, self.session_cfg, position)
+        if event.item_id is not None:
+            bumped = bump(self.activity.get(event.item_id), event)
+            if bumped is not None:
+                self.activity[event.item_id] = bumped
+
+    def state(self, user_id: str) -> SessionState | None:
+        return self.states.get(user_id)
+
+    def lookup(self, ids: Sequence[str]) -> list[ItemActivity | None]:
+        return [self.activity.get(i) for i in ids]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPoint:
+    target: int  # index of the event the request precedes
+    after: int  # index of the last event applied before the request (-1: none)
+    now_ms: int  # the request's time
+
+
+def request_points(
+    events: Sequence[Event], targets: Iterable[int], cfg: SessionConfig
+) -> dict[int, list[RequestPoint]]:
+    """For each target index, when its request is asked; keyed by ``after``, in target order."""
+    wanted = set(targets)
+    previous: dict[str, int] = {}
+    markers: dict[str, SessionState] = {}
+    due: dict[int, list[RequestPoint]] = defaultdict(list)
+    for i, event in enumerate(events):
+        new_session, markers[event.user_id] = advance(markers.get(event.user_id), event, cfg)
+        if i in wanted:
+            if new_session or event.user_id not in previous:
+                due[i - 1].append(RequestPoint(i, i - 1, event.ts))
+            else:
+                prev = previous[event.user_id]
+                due[prev].append(RequestPoint(i, prev, events[prev].ts))
+        previous[event.user_id] = i
+    return dict(due)
