@@ -55,9 +55,19 @@ class SurfaceConfig:
     max_k: int = 100
     budget_ms: float = 50.0
     freshness: Freshness = "realtime"
+    #: At most this many items the user already interacted with (this session or earlier ones) per
+    #: list, the best-ranked kept; ``None`` for no limit. Re-visits are likely, but a list made
+    #: only of them shows nothing new.
+    max_seen: int | None = 3
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "surface.name", "a non-empty string", self.name)
+        _require(
+            self.max_seen is None or self.max_seen >= 0,
+            f"surfaces.{self.name}.max_seen",
+            "an integer >= 0",
+            self.max_seen,
+        )
         _require(
             1 <= self.default_k <= self.max_k, f"surfaces.{self.name}.default_k", f"1..{self.max_k}", self.default_k
         )

@@ -20,6 +20,7 @@ from insession.candidates.covisit import CovisitSource
 from insession.candidates.embedding import EmbeddingSource
 from insession.candidates.merge import Merged, merge
 from insession.candidates.popularity import PopularitySource
+from insession.candidates.recent import RecentSource
 from insession.config import SurfaceConfig
 from insession.errors import FieldError, ValidationError, describe
 from insession.features.activity import ItemActivity
@@ -92,9 +93,16 @@ class RecommendResponse:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    candidate_limit: int = 500
+    candidate_limit: int = 530
     quotas: Mapping[str, int] = field(
-        default_factory=lambda: {"covisit": 200, "session_ann": 100, "user_ann": 60, "content": 80, "popular": 60}
+        default_factory=lambda: {
+            "covisit": 200,
+            "session_ann": 100,
+            "user_ann": 60,
+            "content": 80,
+            "popular": 60,
+            "recent": 30,
+        }
     )
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
@@ -113,6 +121,7 @@ class Recommender:
         self.surfaces = surfaces
         self.cfg = cfg or PipelineConfig()
         self.sources: tuple[CandidateSource, ...] = (
+            RecentSource(),
             CovisitSource(),
             EmbeddingSource("session_ann", "session"),
             EmbeddingSource("user_ann", "user"),

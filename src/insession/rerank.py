@@ -57,12 +57,31 @@ def exclude_seen(ctx: RequestContext, surface: SurfaceConfig, ranked: list[Ranke
     return _without(ranked, ctx.state.seen_items())
 
 
+def limit_seen(ctx: RequestContext, surface: SurfaceConfig, ranked: list[Ranked]) -> list[Ranked]:
+    """Keep the ``surface.max_seen`` best-ranked items the user already interacted with, drop the rest."""
+    if surface.max_seen is None or ctx.profile is None:
+        return ranked
+    seen = ctx.profile.session_recency.keys() | ctx.profile.history_recency.keys()
+    if not seen:
+        return ranked
+    kept: list[Ranked] = []
+    allowed = surface.max_seen
+    for r in ranked:
+        if r.item_id in seen:
+            if allowed == 0:
+                continue
+            allowed -= 1
+        kept.append(r)
+    return kept
+
+
 DEFAULT_RULES: tuple[tuple[str, Rule], ...] = (
     ("exclude_purchased", exclude_purchased),
     ("exclude_dismissed", exclude_dismissed),
     ("exclude_current_item", exclude_current_item),
     ("exclude_cart", exclude_cart),
     ("exclude_seen", exclude_seen),
+    ("limit_seen", limit_seen),
 )
 
 

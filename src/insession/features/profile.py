@@ -39,6 +39,7 @@ USER_WINDOWS_MS = (5 * MINUTE_MS, HOUR_MS, 24 * HOUR_MS)
 class ProfileConfig:
     half_lives_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_HALF_LIVES_S))
     history_half_life_days: float = 30.0
+    recency_depth: int = 30
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.half_lives_s.items() if v <= 0}
@@ -67,6 +68,8 @@ class Profile:
     session_items: Mapping[str, int]  # item id -> interactions in this session
     history_items: frozenset[str]
     cart: frozenset[str]
+    session_recency: Mapping[str, int]  # item id -> 1 for the latest distinct item of the session, 2, ...
+    history_recency: Mapping[str, int]  # the same over earlier sessions (at most ``recency_depth`` items)
 
 
 def _shares(weights: dict[object, float]) -> dict[object, float]:
@@ -100,6 +103,8 @@ def build_profile(
             {},
             frozenset(),
             frozenset(),
+            {},
+            {},
         )
     live = now_ms - state.last_event_ms < timeout_ms
     session: tuple[Interaction, ...] = state.events if live else ()
@@ -172,4 +177,18 @@ def build_profile(
         session_items=session_items,
         history_items=frozenset(i.item_id for i in history),
         cart=frozenset(state.cart),
+        session_recency=_recency(session, cfg.recency_depth),
+        history_recency=_recency(history, cfg.recency_depth),
     )
+
+
+def _recency(inters: tuple[Interaction, ...], depth: int) -> dict[str, int]:
+    """Distinct items, latest first, numbered from 1; dismissed items are left out."""
+    out: dict[str, int] = {}
+    for inter in reversed(inters):
+        if inter.type is EventType.DISMISS or inter.item_id in out:
+            continue
+        out[inter.item_id] = len(out) + 1
+        if len(out) >= depth:
+            break
+    return out

@@ -59,6 +59,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "page_type",
     "session_clicks",
     "session_carts",
+    "from_recent",
+    "session_recency_inv",
+    "history_recency_inv",
+    "is_last_session_item",
 )
 DEVICES = {"mobile": 1.0, "desktop": 2.0, "tablet": 3.0, "app": 4.0}
 PAGES = {"home": 1.0, "product": 2.0, "product_page": 2.0, "cart": 3.0, "search": 4.0, "category": 5.0}
@@ -109,12 +113,20 @@ def feature_matrix(
         x[row, 21] = 1.0 if item_id in profile.history_items else 0.0
         x[row, 22] = 1.0 if item_id == ctx.current_item else 0.0
         x[row, 23] = 1.0 if code >= 0 and code == current_cat else 0.0
+        x[row, 40] = 1.0 if "recent" in src else 0.0
+        s_rank = profile.session_recency.get(item_id)
+        if s_rank is not None:
+            x[row, 41] = 1.0 / s_rank
+            x[row, 43] = 1.0 if s_rank == 1 else 0.0
+        h_rank = profile.history_recency.get(item_id)
+        if h_rank is not None:
+            x[row, 42] = 1.0 / h_rank
     x[:, 6] = np.log1p(model.popularity[items])
     emb = model.embeddings[items]
     x[:, 11] = emb @ profile.session_embedding
     x[:, 12] = emb @ profile.user_embedding
     when = datetime.fromtimestamp(ctx.now_ms / 1000, tz=UTC)
-    x[:, 24:] = (
+    x[:, 24:40] = (
         1.0 if profile.live else 0.0,
         profile.n_session,
         profile.ctr,
