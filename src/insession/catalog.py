@@ -57,6 +57,15 @@ class Catalog:
             [code.get(i.category, -1) if i.category is not None else -1 for i in self.items],
             dtype=np.int32,
         )
+        brands = sorted({i.brand for i in self.items if i.brand})
+        self.brand_index: dict[str, int] = {name: n for n, name in enumerate(brands)}
+        self.brand_codes: npt.NDArray[np.int32] = np.array(
+            [self.brand_index[i.brand] if i.brand else -1 for i in self.items], dtype=np.int32
+        )
+        #: Prices as float64, NaN where unknown.
+        self.prices: npt.NDArray[np.float64] = np.array(
+            [np.nan if i.price is None else i.price for i in self.items], dtype=np.float64
+        )
 
     def __len__(self) -> int:
         return len(self.items)

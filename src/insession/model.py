@@ -8,6 +8,7 @@ Layout of a model directory::
     popularity.npy   time-decayed popularity per item (float32), at the training cut-off
     embeddings.npy   item vectors (float32, L2-normalised; zero rows for items never co-visited)
     ann.hnsw         hnswlib index over the non-zero embeddings (optional)
+    sessions.npz     the training sessions for session kNN (optional)
     ranker.txt       the LightGBM ranker (optional; without it the transparent scorer serves)
     params.json      training parameters, incl. the ranker's feature names
 
@@ -28,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from insession.candidates.ann import AnnIndex
+from insession.candidates.session_index import SessionIndex
 from insession.catalog import Catalog
 from insession.errors import ModelError
 
@@ -59,6 +61,7 @@ class ModelBundle:
     embeddings: npt.NDArray[np.float32]
     ann: AnnIndex | None = None
     ranker: str | None = None
+    sessions: SessionIndex | None = None
     params: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     version: str = ""
@@ -99,6 +102,8 @@ class ModelBundle:
             files["ann.hnsw"] = self.ann.to_bytes()
         if self.ranker is not None:
             files["ranker.txt"] = self.ranker.encode()
+        if self.sessions is not None:
+            files["sessions.npz"] = _strip_npz_times(self.sessions.to_bytes())
         return files
 
     def save(self, directory: Path) -> Path:
@@ -148,6 +153,7 @@ class ModelBundle:
             embeddings=embeddings,
             ann=ann,
             ranker=files["ranker.txt"].decode() if "ranker.txt" in files else None,
+            sessions=SessionIndex.from_bytes(files["sessions.npz"], len(catalog)) if "sessions.npz" in files else None,
             params=json.loads(files["params.json"]),
             stats=manifest.get("stats", {}),
             version=manifest["version"],

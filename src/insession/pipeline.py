@@ -18,6 +18,7 @@ from insession.candidates.base import Candidate, CandidateSource, RequestContext
 from insession.candidates.content import ContentSource
 from insession.candidates.covisit import CovisitSource
 from insession.candidates.embedding import EmbeddingSource
+from insession.candidates.knn import SessionKnnSource
 from insession.candidates.merge import Merged, merge
 from insession.candidates.popularity import PopularitySource
 from insession.candidates.recent import RecentSource
@@ -93,7 +94,7 @@ class RecommendResponse:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    candidate_limit: int = 530
+    candidate_limit: int = 630
     quotas: Mapping[str, int] = field(
         default_factory=lambda: {
             "covisit": 200,
@@ -123,6 +124,7 @@ class Recommender:
         self.sources: tuple[CandidateSource, ...] = (
             RecentSource(),
             CovisitSource(),
+            SessionKnnSource(),
             EmbeddingSource("session_ann", "session"),
             EmbeddingSource("user_ann", "user"),
             ContentSource(),

@@ -17,12 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from insession.candidates.ann import AnnIndex
+from insession.candidates.session_index import SessionIndex
 from insession.catalog import Item, catalog_from_events
 from insession.config import SessionConfig
 from insession.events import Event, EventType
 from insession.model import CovisitMatrix, ModelBundle
 from insession.ranking.features import FEATURE_NAMES
-from insession.ranking.train import RankerConfig, fit_ranker, replay_groups
+from insession.ranking.train import RankerConfig, ReplayData, fit_ranker, replay_groups
 from insession.sessions import split_sessions
 
 Progress = Callable[[str, float], None]
@@ -77,8 +78,13 @@ def sessionize(
     item_index: Mapping[str, int],
     session_cfg: SessionConfig,
     type_weights: Mapping[str, float],
+    collapse_repeats: bool = True,
 ) -> SessionArrays:
-    """Group by user, order by event time (stable), cut into sessions, keep weighted item events."""
+    """Group by user, order by event time (stable), cut into sessions, keep weighted item events.
+
+    With ``collapse_repeats`` an immediate repeat of the same item is dropped: it adds no sequence
+    information to co-visitation.
+    """
     by_user: dict[str, list[Event]] = defaultdict(list)
     for event in events:
         by_user[event.user_id].append(event)
@@ -97,7 +103,7 @@ def sessionize(
                 if event.item_id is None or w <= 0:
                     continue
                 idx = item_index[event.item_id]
-                if idx == previous:  # a repeat of the same item adds no sequence information
+                if collapse_repeats and idx == previous:
                     continue
                 previous = idx
                 items.append(idx)
@@ -264,7 +270,38 @@ def train_parts(
         "covisit_pairs": len(covisit.indices),
         "items_with_embedding": int((np.linalg.norm(embeddings, axis=1) > 0).sum()),
     }
-    return ModelBundle(catalog, covisit, popularity, embeddings, ann, params=params, stats=stats)
+    sessions = SessionIndex.build(arr.items, arr.sessions, arr.ts, len(catalog))
+    return ModelBundle(catalog, covisit, popularity, embeddings, ann, sessions=sessions, params=params, stats=stats)
+
+
+def _replay_window(
+    event_list: Sequence[Event],
+    w: int,
+    cfg: TrainConfig,
+    session_cfg: SessionConfig,
+    items: Sequence[Item],
+    ranker: RankerConfig,
+    progress: Progress,
+) -> ReplayData | None:
+    """Ranking groups from the ``w``-th latest slice of the events, replayed against parts fitted before it."""
+    n = len(event_list)
+    start = event_list[int(n * (1 - w * ranker.holdout_fraction))].ts
+    end = event_list[int(n * (1 - (w - 1) * ranker.holdout_fraction))].ts if w > 1 else None
+    seen = [e for e in event_list if end is None or e.ts < end]
+    early = [e for e in seen if e.ts < start]
+    if not early:
+        return None
+    done = 0.7 * (ranker.windows - w) / ranker.windows
+    span = 0.7 / ranker.windows
+
+    def model_progress(stage: str, f: float) -> None:
+        progress(f"replay model: {stage}", done + span * 0.4 * f)
+
+    def replay_progress(f: float) -> None:
+        progress("replaying events for the ranker", done + span * (0.4 + 0.6 * f))
+
+    base = train_parts(early, cfg, session_cfg, items, model_progress)
+    return replay_groups(seen, base, session_cfg, start, ranker, replay_progress)
 
 
 def train(
@@ -277,9 +314,10 @@ def train(
 ) -> ModelBundle:
     """Train every model part from ``events``; ``items`` adds catalog metadata and unseen items.
 
-    With enough events, the learned ranker is trained by replay: candidate parts are fitted on the
-    first ``1 - holdout_fraction`` of the events (by time), the rest are replayed to make ranking
-    examples; the served candidate parts are then refitted on all events.
+    With enough events, the learned ranker is trained by replay: the last ``windows`` slices of
+    ``holdout_fraction`` of the events (by time) are each replayed against candidate parts fitted
+    on the events before that slice, so no example sees its own future; the served candidate parts
+    are then refitted on all events.
     """
     cfg = cfg or TrainConfig()
     session_cfg = session_cfg or SessionConfig()
@@ -292,17 +330,11 @@ def train(
     model_text: str | None = None
     ranker_stats: dict[str, Any] = {}
     if ranker.enabled and len(event_list) >= ranker.min_events:
-        split_at = event_list[int(len(event_list) * (1 - ranker.holdout_fraction))].ts
-        early = [e for e in event_list if e.ts < split_at]
-        base = train_parts(early, cfg, session_cfg, items, lambda s, f: progress(f"replay model: {s}", 0.3 * f))
-        data = replay_groups(
-            event_list,
-            base,
-            session_cfg,
-            split_at,
-            ranker,
-            lambda f: progress("replaying events for the ranker", 0.3 + 0.4 * f),
-        )
+        parts = [
+            _replay_window(event_list, w, cfg, session_cfg, items, ranker, progress)
+            for w in range(ranker.windows, 0, -1)  # oldest window first, so groups stay in time order
+        ]
+        data = ReplayData.concat([p for p in parts if p is not None])
         if len(data.groups) >= 20:
             progress("fitting the ranker", 0.7)
             model_text, ranker_stats = fit_ranker(data, ranker)
@@ -324,6 +356,7 @@ def train(
         final.embeddings,
         final.ann,
         ranker=model_text,
+        sessions=final.sessions,
         params=final.params,
         stats=final.stats,
     )

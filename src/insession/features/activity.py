@@ -8,9 +8,13 @@ popularity are the same number online and offline.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
+import numpy.typing as npt
 
 from insession.clock import HOUR_MS, MINUTE_MS
 from insession.events import Event, EventType
@@ -42,7 +46,9 @@ class ItemActivity:
         return self.decayed * math.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS)
 
     def window_counts(self, now_ms: int) -> tuple[int, ...]:
-        return tuple(sum(1 for t in self.recent if 0 <= now_ms - t < w) for w in WINDOWS_MS)
+        """Events in ``(now - w, now]`` for each window ``w`` (``recent`` is sorted)."""
+        upto = bisect_right(self.recent, now_ms)
+        return tuple(upto - bisect_right(self.recent, now_ms - w) for w in WINDOWS_MS)
 
 
 def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
@@ -58,3 +64,26 @@ def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
     )
     recent = tuple(sorted((*activity.recent, event.ts)))[-MAX_RECENT:]
     return ItemActivity(decayed, last, recent)
+
+
+def activity_features(activity: Sequence[ItemActivity | None], now_ms: int) -> npt.NDArray[np.float64]:
+    """Per item: log1p(live popularity) and the 5m/1h/24h event counts at ``now_ms`` (zeros if unknown).
+
+    The same numbers as ``popularity_at`` and ``window_counts``, computed over all items at once.
+    """
+    out = np.zeros((len(activity), 1 + len(WINDOWS_MS)), dtype=np.float64)
+    rows = [n for n, a in enumerate(activity) if a is not None]
+    if not rows:
+        return out
+    known = [activity[n] for n in rows]
+    decayed = np.array([a.decayed for a in known if a is not None], dtype=np.float64)
+    last = np.array([a.last_ts for a in known if a is not None], dtype=np.int64)
+    age = np.maximum(now_ms - last, 0)
+    out[rows, 0] = np.log1p(decayed * np.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS))
+    lens = np.array([len(a.recent) for a in known if a is not None], dtype=np.int64)
+    flat = np.fromiter(chain.from_iterable(a.recent for a in known if a is not None), dtype=np.int64, count=lens.sum())
+    owner = np.repeat(np.asarray(rows, dtype=np.int64), lens)
+    for col, w in enumerate(WINDOWS_MS, start=1):
+        inside = (flat > now_ms - w) & (flat <= now_ms)
+        out[:, col] = np.bincount(owner[inside], minlength=len(activity))
+    return out

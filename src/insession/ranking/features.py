@@ -8,7 +8,7 @@ of each training example (point-in-time correct), so the two cannot skew.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from insession.candidates.base import RequestContext
 from insession.candidates.merge import Merged
-from insession.features.activity import ItemActivity
+from insession.features.activity import ItemActivity, activity_features
 
 FEATURE_NAMES: tuple[str, ...] = (
     "covisit_score",
@@ -63,8 +63,22 @@ FEATURE_NAMES: tuple[str, ...] = (
     "session_recency_inv",
     "history_recency_inv",
     "is_last_session_item",
+    "covisit_from_last",
+    "covisit_from_previous",
+    "sim_last_item",
+    "session_knn_score",
 )
 DEVICES = {"mobile": 1.0, "desktop": 2.0, "tablet": 3.0, "app": 4.0}
+#: Which feature column holds each candidate source's own score (flags for popular and recent).
+SOURCE_COLUMNS = {
+    "covisit": 0,
+    "session_ann": 1,
+    "user_ann": 2,
+    "content": 3,
+    "popular": 4,
+    "recent": 40,
+    "session_knn": 47,
+}
 PAGES = {"home": 1.0, "product": 2.0, "product_page": 2.0, "cart": 3.0, "search": 4.0, "category": 5.0}
 
 
@@ -81,46 +95,59 @@ def feature_matrix(
     if n == 0:
         return x
     items = np.fromiter((m.item for m in merged), dtype=np.int64, count=n)
-    cov_max = max((m.sources.get("covisit", 0.0) for m in merged), default=0.0) or 1.0
-    current = catalog.index.get(ctx.current_item) if ctx.current_item else None
-    current_cat = int(catalog.category_codes[current]) if current is not None else -2
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
     for row, m in enumerate(merged):
-        src = m.sources
-        meta = catalog.items[m.item]
-        code = int(catalog.category_codes[m.item])
-        x[row, 0] = src.get("covisit", 0.0) / cov_max
-        x[row, 1] = src.get("session_ann", 0.0)
-        x[row, 2] = src.get("user_ann", 0.0)
-        x[row, 3] = src.get("content", 0.0)
-        x[row, 4] = 1.0 if "popular" in src else 0.0
-        x[row, 5] = len(src)
-        act = activity[row]
-        if act is not None:
-            x[row, 7] = math.log1p(act.popularity_at(ctx.now_ms))
-            x[row, 8:11] = act.window_counts(ctx.now_ms)
-        x[row, 13] = profile.cat_session.get(code, 0.0)
-        x[row, 14] = profile.cat_history.get(code, 0.0)
-        if meta.brand:
-            x[row, 15] = profile.brand_session.get(meta.brand, 0.0)
-            x[row, 16] = profile.brand_history.get(meta.brand, 0.0)
-        if meta.price is not None and meta.price > 0 and profile.price_mean > 0:
-            x[row, 17] = math.log(meta.price / profile.price_mean)
-            if profile.price_std > 0:
-                x[row, 18] = (meta.price - profile.price_mean) / profile.price_std
-        item_id = meta.item_id
-        x[row, 19] = 1.0 if item_id in profile.cart else 0.0
-        x[row, 20] = profile.session_items.get(item_id, 0)
-        x[row, 21] = 1.0 if item_id in profile.history_items else 0.0
-        x[row, 22] = 1.0 if item_id == ctx.current_item else 0.0
-        x[row, 23] = 1.0 if code >= 0 and code == current_cat else 0.0
-        x[row, 40] = 1.0 if "recent" in src else 0.0
-        s_rank = profile.session_recency.get(item_id)
-        if s_rank is not None:
-            x[row, 41] = 1.0 / s_rank
-            x[row, 43] = 1.0 if s_rank == 1 else 0.0
-        h_rank = profile.history_recency.get(item_id)
-        if h_rank is not None:
-            x[row, 42] = 1.0 / h_rank
+        for name, score in m.sources.items():
+            rows.append(row)
+            cols.append(SOURCE_COLUMNS.get(name, -1))
+            vals.append(score)
+    r, c, v = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), np.array(vals, dtype=np.float64)
+    x[:, 5] = np.bincount(r, minlength=n)  # how many sources proposed the item
+    scored = c >= 0
+    x[r[scored], c[scored]] = v[scored]
+    x[:, 4] = (x[:, 4] != 0).astype(np.float32)  # popularity proposed it (a flag, not its count)
+    x[:, 40] = (x[:, 40] != 0).astype(np.float32)  # the user's own recent item
+    for column in (0, 47):  # scaled by the list's strongest, so the ranker sees shares, not raw counts
+        top = float(x[:, column].max())
+        if top > 0:
+            x[:, column] /= top
+    x[:, 7:11] = activity_features(activity, ctx.now_ms)
+    codes = catalog.category_codes[items]
+    x[:, 13] = _lookup(profile.cat_session, codes)
+    x[:, 14] = _lookup(profile.cat_history, codes)
+    brands = catalog.brand_codes[items]
+    brand_index = catalog.brand_index
+    x[:, 15] = _lookup({brand_index[b]: v for b, v in profile.brand_session.items() if b in brand_index}, brands)
+    x[:, 16] = _lookup({brand_index[b]: v for b, v in profile.brand_history.items() if b in brand_index}, brands)
+    if profile.price_mean > 0:
+        prices = catalog.prices[items]
+        priced = prices > 0  # False for NaN
+        safe = np.where(priced, prices, profile.price_mean)
+        x[:, 17] = np.where(priced, np.log(safe / profile.price_mean), 0.0)
+        if profile.price_std > 0:
+            x[:, 18] = np.where(priced, (safe - profile.price_mean) / profile.price_std, 0.0)
+    index = catalog.index
+
+    def by_index(mapping: Mapping[str, float]) -> dict[int, float]:
+        return {index[k]: v for k, v in mapping.items() if k in index}
+
+    x[:, 19] = _lookup(by_index(dict.fromkeys(profile.cart, 1.0)), items)
+    x[:, 20] = _lookup(by_index({k: float(v) for k, v in profile.session_items.items()}), items)
+    x[:, 21] = _lookup(by_index(dict.fromkeys(profile.history_items, 1.0)), items)
+    current = index.get(ctx.current_item) if ctx.current_item else None
+    if current is not None:
+        x[:, 22] = items == current
+        current_cat = int(catalog.category_codes[current])
+        if current_cat >= 0:
+            x[:, 23] = codes == current_cat
+    session_rank = _lookup(by_index({k: float(v) for k, v in profile.session_recency.items()}), items)
+    x[:, 41] = np.where(session_rank > 0, 1.0 / np.maximum(session_rank, 1.0), 0.0)
+    x[:, 43] = session_rank == 1
+    history_rank = _lookup(by_index({k: float(v) for k, v in profile.history_recency.items()}), items)
+    x[:, 42] = np.where(history_rank > 0, 1.0 / np.maximum(history_rank, 1.0), 0.0)
+    _last_items(ctx, items, x)
     x[:, 6] = np.log1p(model.popularity[items])
     emb = model.embeddings[items]
     x[:, 11] = emb @ profile.session_embedding
@@ -143,3 +170,40 @@ def feature_matrix(
         profile.counts.get("add_to_cart", 0),
     )
     return x
+
+
+def _lookup(mapping: Mapping[int, float], keys: npt.NDArray[np.integer]) -> npt.NDArray[np.float64]:
+    """``mapping.get(k, 0.0)`` for every key, with arrays instead of a Python loop."""
+    out = np.zeros(len(keys), dtype=np.float64)
+    if not mapping:
+        return out
+    known = np.fromiter(mapping.keys(), dtype=np.int64, count=len(mapping))
+    values = np.fromiter(mapping.values(), dtype=np.float64, count=len(mapping))
+    order = np.argsort(known)
+    known, values = known[order], values[order]
+    at = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+    found = known[at] == keys
+    out[found] = values[at[found]]
+    return out
+
+
+def _last_items(ctx: RequestContext, items: npt.NDArray[np.int64], x: npt.NDArray[np.float32]) -> None:
+    """Sequence features: the rule weight (each row scaled by its strongest neighbour) from the
+    latest distinct session item and the one before it, and the embedding similarity to the latest."""
+    assert ctx.profile is not None
+    recency = ctx.profile.session_recency
+    model = ctx.model
+    latest = sorted(recency, key=lambda item_id: (recency[item_id], item_id))[:2]
+    for column, item_id in enumerate(latest, start=44):
+        idx = model.catalog.index.get(item_id)
+        if idx is None:
+            continue
+        cols, ws = model.covisit.row(idx)
+        if len(cols) and ws[0] > 0:
+            order = np.argsort(cols, kind="stable")
+            sorted_cols = cols[order]
+            at = np.minimum(np.searchsorted(sorted_cols, items), len(sorted_cols) - 1)
+            found = sorted_cols[at] == items
+            x[:, column] = np.where(found, ws[order][at] / ws[0], 0.0)
+        if column == 44:
+            x[:, 46] = model.embeddings[items] @ model.embeddings[idx]

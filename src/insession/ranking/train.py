@@ -34,12 +34,18 @@ TARGET_GAIN = {EventType.VIEW: 1, EventType.CLICK: 1, EventType.ADD_TO_CART: 2, 
 class RankerConfig:
     enabled: bool = True
     holdout_fraction: float = 0.2
+    windows: int = 2
     max_groups: int = 15_000
     negatives: int = 50
     rounds: int = 300
     early_stopping: int = 30
     learning_rate: float = 0.05
     num_leaves: int = 31
+    min_data_in_leaf: int = 40
+    l2: float = 0.0
+    objective: str = "lambdarank"
+    truncation: int = 20
+    eval_at: tuple[int, ...] = (10, 20)
     min_events: int = 2_000
     seed: int = 0
     threads: int = 2
@@ -47,6 +53,8 @@ class RankerConfig:
     def __post_init__(self) -> None:
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction: expected 0..1 (exclusive), got {self.holdout_fraction}")
+        if self.windows < 1 or self.windows * self.holdout_fraction >= 1:
+            raise ValueError(f"windows: expected >= 1 with windows * holdout_fraction < 1, got {self.windows}")
         if self.max_groups < 10 or self.negatives < 1:
             raise ValueError("max_groups >= 10 and negatives >= 1 expected")
 
@@ -58,6 +66,18 @@ class ReplayData:
     groups: list[int]
     targets: int  # sampled target events
     recalled: int  # of which the target was among the candidates
+
+    @staticmethod
+    def concat(parts: Sequence[ReplayData]) -> ReplayData:
+        if not parts:
+            return ReplayData(np.zeros((0, len(FEATURE_NAMES)), np.float32), np.zeros(0, np.int32), [], 0, 0)
+        return ReplayData(
+            np.concatenate([p.x for p in parts]),
+            np.concatenate([p.y for p in parts]),
+            [g for p in parts for g in p.groups],
+            sum(p.targets for p in parts),
+            sum(p.recalled for p in parts),
+        )
 
 
 def replay_groups(
@@ -122,15 +142,16 @@ def fit_ranker(data: ReplayData, cfg: RankerConfig) -> tuple[str, dict[str, Any]
     n_val = max(1, len(data.groups) // 10)
     split = int(sum(data.groups[:-n_val]))
     params = {
-        "objective": "lambdarank",
+        "objective": cfg.objective,
         "metric": "ndcg",
-        "ndcg_eval_at": [10, 20],
+        "ndcg_eval_at": list(cfg.eval_at),
         "learning_rate": cfg.learning_rate,
         "num_leaves": cfg.num_leaves,
-        "min_data_in_leaf": 40,
+        "min_data_in_leaf": cfg.min_data_in_leaf,
+        "lambda_l2": cfg.l2,
         "feature_fraction": 0.9,
         "bagging_fraction": 1.0,
-        "lambdarank_truncation_level": 20,
+        "lambdarank_truncation_level": cfg.truncation,
         "deterministic": True,
         "force_row_wise": True,
         "num_threads": cfg.threads,
@@ -163,6 +184,7 @@ def fit_ranker(data: ReplayData, cfg: RankerConfig) -> tuple[str, dict[str, Any]
         "candidate_recall": round(data.recalled / max(data.targets, 1), 4),
         "best_iteration": best,
         "valid_ndcg@10": round(float(valid["ndcg@10"][best - 1]), 4) if "ndcg@10" in valid else None,
+        "valid_ndcg@20": round(float(valid["ndcg@20"][best - 1]), 4) if "ndcg@20" in valid else None,
         "fit_seconds": round(time.perf_counter() - started, 2),
     }
     importance = booster.feature_importance(importance_type="gain")
