@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +22,13 @@ from insession.clock import DAY_MS, SystemClock
 from insession.config import Settings
 from insession.datasets import FORMATS, LoadStats, load_events
 from insession.engine import Engine
-from insession.errors import InsessionError
+from insession.errors import FieldError, InsessionError, ValidationError
+from insession.evaluation import EvalOptions, Split, report, time_split
+from insession.evaluation import evaluate as evaluate_split
+from insession.evaluation.baselines import BASELINES
+from insession.evaluation.protocol import time_ordered
+from insession.evaluation.runner import VARIANTS, default_workers
+from insession.events import Event
 from insession.model import ModelBundle
 from insession.pipeline import RecommendRequest, RecommendResponse
 from insession.training import train as train_model
@@ -66,16 +72,9 @@ def train(
     """Train a model from an event file and write a versioned model directory."""
     with _errors():
         settings = _settings(config)
-        stats = LoadStats()
         started = time.perf_counter()
         with _progress() as progress:
-            task = progress.add_task(f"reading {data.name}", total=None)
-            events = []
-            for event in load_events(data, format, stats):
-                events.append(event)
-                if len(events) % 10_000 == 0:
-                    progress.update(task, completed=len(events))
-            progress.update(task, completed=len(events), total=len(events))
+            events, stats = _read(data, format, progress, "")
             stage = progress.add_task("training", total=100)
             model = train_model(
                 events,
@@ -254,6 +253,100 @@ def _share(engine: Engine, model: ModelBundle, user: str, category: str) -> floa
         return 0.0
     seen = [model.catalog.category_of(i.item_id) for i in state.history + state.events]
     return (sum(c == category for c in seen) / len(seen)) if len(seen) >= 20 else 0.0
+
+
+def _read(path: Path, format: str, progress: Progress, label: str) -> tuple[list[Event], LoadStats]:
+    stats = LoadStats()
+    task = progress.add_task(f"reading {label + ' ' if label else ''}{path.name}", total=None)
+    events = []
+    for event in load_events(path, format, stats):
+        events.append(event)
+        if len(events) % 10_000 == 0:
+            progress.update(task, completed=len(events))
+    progress.update(task, completed=len(events), total=len(events))
+    return events, stats
+
+
+@app.command()
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Directory for metrics.json, run.json, report.md/.html and plots.")],
+    train: Annotated[Path | None, typer.Option(help="Training events (with --test).")] = None,
+    test: Annotated[Path | None, typer.Option(help="Test events, later in time than --train.")] = None,
+    data: Annotated[Path | None, typer.Option(help="One event file to split by time (with --test-days).")] = None,
+    test_days: Annotated[float, typer.Option(help="With --data: the last N days are the test period.")] = 1.0,
+    format: Annotated[str, typer.Option(help=f"One of {', '.join(FORMATS)}.")] = "auto",
+    model: Annotated[
+        Path | None, typer.Option(help="Evaluate this model (trained on the training side only) instead of training.")
+    ] = None,
+    baselines: Annotated[str, typer.Option(help=f"Comma list of {', '.join(BASELINES)}, or 'none'.")] = ",".join(
+        BASELINES
+    ),
+    variants: Annotated[
+        str, typer.Option(help="Engine variants: comma list of joint, session, long_term, or 'none'.")
+    ] = "joint,session,long_term",
+    workers: Annotated[int, typer.Option(help="Processes replaying the test period.")] = default_workers(),
+    config: Annotated[Path | None, typer.Option(help="TOML settings file (session timeout, surfaces).")] = None,
+) -> None:
+    """Score the engine, its ablations and the baselines on the next-item protocol; write a report."""
+    with _errors():
+        if (train is None) != (test is None) or (train is None) == (data is None):
+            raise ValidationError(
+                [FieldError("train/test/data", "either --train and --test, or --data (with --test-days)", "neither")]
+            )
+        settings = _settings(config)
+
+        def names(text: str, field_name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+            if text.strip().lower() == "none":
+                return ()
+            picked = tuple(n.strip() for n in text.split(",") if n.strip())
+            bad = [n for n in picked if n not in allowed]
+            if bad:
+                raise ValidationError([FieldError(field_name, f"a comma list of {', '.join(allowed)}", ", ".join(bad))])
+            return picked
+
+        options = EvalOptions(
+            baselines=names(baselines, "baselines", BASELINES),
+            variants=names(variants, "variants", VARIANTS),
+            workers=max(1, workers),
+        )
+        bundle = ModelBundle.load(model) if model is not None else None
+        started = time.perf_counter()
+        with _progress() as progress:
+            if data is not None:
+                events, stats = _read(data, format, progress, "")
+                split = time_split(events, test_days, settings.session)
+                console.print(f"read {stats.summary()}")
+            else:
+                assert train is not None and test is not None
+                train_events, train_stats = _read(train, format, progress, "train")
+                test_events, test_stats = _read(test, format, progress, "test")
+                split = Split(
+                    time_ordered(train_events), time_ordered(test_events), f"files: {train.name} / {test.name}"
+                )
+                console.print(f"read train: {train_stats.summary()}; test: {test_stats.summary()}")
+
+            def stage(description: str, total: int | None) -> Callable[[int], None]:
+                task = progress.add_task(description, total=total)
+                return lambda n: progress.advance(task, n)
+
+            try:
+                result = evaluate_split(split, settings, bundle, options, stage)
+            except ValueError as exc:
+                raise ValidationError([FieldError("data", "an evaluable split", str(exc))]) from None
+        written = report.write(result, out, title=f"insession evaluation: {split.description}")
+        table = Table(title=f"{result.run['pairs']} pairs from {result.run['test_sessions']} test sessions")
+        table.add_column("model")
+        for key in ("HR@20", "MRR@20", "NDCG@20", "coverage@20"):
+            table.add_column(key, justify="right")
+        for name, values in result.metrics.items():
+            table.add_row(name, *(f"{values[k]:.4f}" for k in ("HR@20", "MRR@20", "NDCG@20", "coverage@20")))
+        console.print(table)
+        lift = result.run["comparisons"].get("in_session_lift_NDCG@20")
+        if lift is not None:
+            console.print(f"in-session lift (joint vs long-term only), NDCG@20: {lift:+.1%}")
+        console.print(
+            f"written to {out}/ ({', '.join(p.name for p in written.values())}) in {time.perf_counter() - started:.1f}s"
+        )
 
 
 @app.command()

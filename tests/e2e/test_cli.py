@@ -37,3 +37,40 @@ def test_train_writes_a_versioned_model(tmp_path: Path) -> None:
 def test_train_on_a_missing_file_fails_clearly(tmp_path: Path) -> None:
     result = run("train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "m"))
     assert result.returncode == 2 and "data" in result.stdout and "nope.csv" in result.stdout
+
+
+def test_evaluate_writes_metrics_report_and_real_plots(tmp_path: Path) -> None:
+    from insession.config import SessionConfig
+    from insession.datasets.synthetic import ShopConfig, generate
+    from insession.sessions import split_sessions
+
+    shop = generate(ShopConfig(n_categories=6, items_per_category=40, n_users=80, seed=5))
+    category = {i.item_id: i.category for i in shop.items}
+    rows = ["session_id,user_id,item_id,timestamp,event_type,category"]
+    by_user: dict[str, list] = {}
+    for event in shop.events:
+        by_user.setdefault(event.user_id, []).append(event)
+    for user, events in sorted(by_user.items()):
+        for n, session in enumerate(split_sessions(events, SessionConfig())):
+            rows += [f"{user}-{n},{user},{e.item_id},{e.ts},{e.type.value},{category[e.item_id]}" for e in session]
+    data = tmp_path / "events.csv"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "report"
+    args = ("evaluate", "--data", str(data), "--test-days", "3", "--out", str(out), "--workers", "1")
+    result = run(*args, "--baselines", "sr,vs-knn")
+    assert result.returncode == 0, result.stderr + result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"insession", "insession/session-only", "insession/long-term-only", "sr", "vs-knn"}
+    assert 0 < metrics["insession"]["HR@20"] <= 1 and "MRR@20" in metrics["sr"]
+    for name in ("by_length.png", "by_position.png"):
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000, name
+    report = (out / "report.md").read_text()
+    assert "![by_length.png](by_length.png)" in report and f"{metrics['insession']['MRR@20']:.4f}" in report
+    assert "<table>" in (out / "report.html").read_text()
+    assert "in-session lift" in result.stdout
+
+
+def test_evaluate_needs_train_and_test_or_data(tmp_path: Path) -> None:
+    result = run("evaluate", "--train", str(tmp_path / "a.csv"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "--train and --test" in result.stdout

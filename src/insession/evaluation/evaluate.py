@@ -1,0 +1,178 @@
+"""``evaluate``: train on the training side, replay the test side, score every model the same way."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from insession.config import SessionConfig, Settings
+from insession.evaluation import metrics as m
+from insession.evaluation.baselines import BASELINES, TrainingSessions, fit_baselines
+from insession.evaluation.protocol import TARGET_TYPES, Plan, Split, plan
+from insession.evaluation.runner import VARIANTS, Lists, Tick, default_workers, run_baseline, run_engine
+from insession.model import ModelBundle
+from insession.pipeline import Recommender
+from insession.training import sessionize, train
+
+#: What each engine variant is called in ``metrics.json``.
+ENGINE_NAMES = {"joint": "insession", "session": "insession/session-only", "long_term": "insession/long-term-only"}
+
+#: ``stage(description, total)`` starts a progress stage and returns its tick function.
+Stage = Callable[[str, int | None], Tick]
+
+
+def _quiet(description: str, total: int | None) -> Tick:
+    return lambda n: None
+
+
+@dataclass(frozen=True, slots=True)
+class EvalOptions:
+    baselines: Sequence[str] = BASELINES
+    variants: Sequence[str] = VARIANTS
+    workers: int = field(default_factory=default_workers)
+    k: int = 20
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"baselines: expected any of {', '.join(BASELINES)}, got {', '.join(bad)}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ValueError(f"variants: expected any of {', '.join(VARIANTS)}, got {', '.join(bad)}")
+        if self.k < max(m.CUTOFFS):
+            raise ValueError(f"k: expected >= {max(m.CUTOFFS)}, got {self.k}")
+
+
+@dataclass(slots=True)
+class EvalResult:
+    metrics: dict[str, dict[str, float]]
+    by_length: dict[str, list[dict[str, Any]]]
+    by_position: dict[str, list[dict[str, Any]]]
+    run: dict[str, Any]
+
+
+def score(name: str, lists: Lists, plan_: Plan, popularity: np.ndarray, n_items: int, result: EvalResult) -> None:
+    ranks = m.ranks_of(lists, plan_.targets())
+    result.metrics[name] = {**m.accuracy(ranks), **m.beyond_accuracy(lists, popularity, n_items)}
+    result.by_length[name] = m.by_bucket(ranks, plan_.session_lengths(), m.LENGTH_EDGES)
+    result.by_position[name] = m.by_bucket(ranks, plan_.positions(), m.POSITION_EDGES)
+
+
+def evaluate(
+    split: Split,
+    settings: Settings | None = None,
+    model: ModelBundle | None = None,
+    options: EvalOptions | None = None,
+    stage: Stage = _quiet,
+) -> EvalResult:
+    """Fit (or take) the engine's model on ``split.train`` and score every model on ``split.test``."""
+    settings = settings or Settings()
+    options = options or EvalOptions()
+    session_cfg: SessionConfig = settings.session
+    if not split.train or not split.test:
+        raise ValueError(f"split: expected training and test events, got {len(split.train)} and {len(split.test)}")
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    if model is None:
+        tick = stage("training the engine on the training side", 100)
+        done = [0]
+
+        def progress(name: str, fraction: float) -> None:
+            now = int(fraction * 100)
+            tick(now - done[0])
+            done[0] = now
+
+        t0 = time.perf_counter()
+        model = train(split.train, session_cfg=session_cfg, progress=progress)
+        timings["train_engine_s"] = time.perf_counter() - t0
+    else:
+        cutoff = int(model.params.get("cutoff_ms", 0))
+        first_test = min(e.ts for e in split.test)
+        if cutoff >= first_test:
+            raise ValueError(
+                f"model: trained on events up to ts={cutoff}, which reaches into the test period (from ts="
+                f"{first_test}); train it on the training side only"
+            )
+
+    t0 = time.perf_counter()
+    plan_ = plan(split, model.catalog.index, session_cfg)
+    timings["plan_s"] = time.perf_counter() - t0
+    if not plan_.pairs:
+        raise ValueError("test: no session has two or more items known to training; nothing to evaluate")
+    n_items = len(model.catalog)
+    weights = {t.value: 1.0 for t in TARGET_TYPES}
+    arr = sessionize(split.train, model.catalog.index, session_cfg, weights, collapse_repeats=False)
+    data = TrainingSessions(arr, n_items)
+    popularity = data.popularity
+
+    result = EvalResult({}, {}, {}, {})
+    engine_run = None
+    if options.variants:
+        recommender = Recommender(model, settings.surfaces, session_cfg.timeout_ms)
+        tick = stage(f"insession ({', '.join(options.variants)})", len(plan_.pairs))
+        engine_run = run_engine(recommender, plan_, session_cfg, options.variants, options.k, options.workers, tick)
+        timings["insession_s"] = engine_run.seconds
+        for variant in options.variants:
+            score(ENGINE_NAMES[variant], engine_run.lists[variant], plan_, popularity, n_items, result)
+
+    t0 = time.perf_counter()
+    baselines = fit_baselines(data, options.baselines)
+    timings["fit_baselines_s"] = time.perf_counter() - t0
+    for baseline in baselines:
+        tick = stage(baseline.name, len(plan_.pairs))
+        t0 = time.perf_counter()
+        lists = run_baseline(baseline, plan_, options.k, tick)
+        timings[f"{baseline.name}_s"] = time.perf_counter() - t0
+        score(baseline.name, lists, plan_, popularity, n_items, result)
+
+    timings["total_s"] = time.perf_counter() - started
+    lengths = np.array([len(s.items) for s in plan_.sessions])
+    users_with_history = sum(1 for s in plan_.sessions if len(s.history))
+    result.run = {
+        "split": split.description,
+        "train_events": len(split.train),
+        "test_events": len(split.test),
+        "test_sessions": len(plan_.sessions),
+        "test_sessions_with_earlier_history": users_with_history,
+        "pairs": len(plan_.pairs),
+        "mean_test_session_length": round(float(lengths.mean()), 3),
+        "dropped_unknown_item_events": plan_.dropped_unknown_items,
+        "dropped_short_sessions": plan_.dropped_short_sessions,
+        "items": n_items,
+        "model_version": model.version,
+        "ranker": "learned" if model.ranker is not None else "simple (no learned ranker)",
+        "workers": options.workers,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "protocol": (
+            "next item: each test session of n known items gives n-1 pairs; each pair is asked right "
+            "after the user's previous event, at its time"
+        ),
+    }
+    if engine_run is not None:
+        result.run["engine_requests"] = engine_run.requests
+        result.run["engine_requests_reused"] = engine_run.reused
+        result.run["engine_tiers"] = engine_run.tiers
+    result.run["comparisons"] = comparisons(result.metrics)
+    return result
+
+
+def comparisons(metrics: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """Relative differences the issue asks for: in-session lift and the engine vs each baseline."""
+    out: dict[str, float | None] = {}
+    joint = metrics.get(ENGINE_NAMES["joint"])
+    if joint is None:
+        return out
+    long_term = metrics.get(ENGINE_NAMES["long_term"])
+    if long_term is not None:
+        for key in ("NDCG@20", "MRR@20", "HR@20"):
+            out[f"in_session_lift_{key}"] = m.relative(joint[key], long_term[key])
+    for name, values in metrics.items():
+        if name.startswith("insession"):
+            continue
+        for key in ("HR@20", "MRR@20", "NDCG@20"):
+            out[f"vs_{name}_{key}"] = m.relative(joint[key], values[key])
+    return out

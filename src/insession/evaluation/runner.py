@@ -1,0 +1,205 @@
+"""Run models over a :class:`~insession.evaluation.protocol.Plan` and collect their ranked lists.
+
+The engine is evaluated through ``Recommender.recommend``, the method the server calls, on state
+folded by the same ``apply`` and item activity folded by the same ``bump`` the engine uses; the
+event stream is replayed in time order and each pair is asked right after the user's previous
+event. Its ablations are views of that same state:
+
+- ``joint``: the state as served (current session + earlier sessions);
+- ``session``: the earlier sessions removed (as if the user were anonymous);
+- ``long_term``: the current session removed (as if the user had just arrived).
+
+With two or more workers the replay runs in forked processes, each folding the whole stream and
+asking its share of the pairs; results are identical to a single worker's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from insession.config import SessionConfig, SurfaceConfig
+from insession.evaluation.baselines import Baseline
+from insession.evaluation.protocol import Plan
+from insession.events import EventType
+from insession.pipeline import Recommender, RecommendRequest
+from insession.replay import Replay
+from insession.sessions import SessionState
+
+VARIANTS = ("joint", "session", "long_term")
+#: Next-item evaluation keeps what the user already saw: re-visits are a large share of targets.
+EVAL_SURFACE = SurfaceConfig(
+    "evaluate", exclude_seen=False, exclude_cart=False, exclude_current_item=False, max_seen=None
+)
+
+Lists = npt.NDArray[np.int64]
+Tick = Callable[[int], None]
+
+
+def state_view(state: SessionState | None, variant: str) -> SessionState | None:
+    """The state a variant of the engine sees (``joint`` is the state itself)."""
+    if state is None or variant == "joint":
+        return state
+    if variant == "session":
+        return state if not state.history else replace(state, history=())
+    if variant == "long_term":
+        if not state.history:
+            return None
+        added = {i.item_id for i in state.events if i.type is EventType.ADD_TO_CART}
+        return replace(
+            state,
+            events=(),
+            cart=tuple(c for c in state.cart if c not in added),
+            last_event_ms=state.session_started_ms,
+        )
+    raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+
+
+def run_baseline(model: Baseline, plan: Plan, k: int, tick: Tick = lambda n: None) -> Lists:
+    out = np.full((len(plan.pairs), k), -1, dtype=np.int64)
+    for n, pair in enumerate(plan.pairs):
+        session = plan.sessions[pair.session]
+        top = model.recommend(session.items[: pair.position], session.history, k)
+        out[n, : len(top)] = top
+        if n % 256 == 255:
+            tick(256)
+    tick(len(plan.pairs) % 256)
+    return out
+
+
+@dataclass(slots=True)
+class EngineRun:
+    lists: dict[str, Lists]
+    seconds: float
+    requests: int
+    reused: int  # requests answered by reusing the joint list (the view was the joint state)
+    tiers: dict[str, int]
+
+
+def _replay(
+    recommender: Recommender,
+    plan: Plan,
+    session_cfg: SessionConfig,
+    variants: Sequence[str],
+    k: int,
+    share: tuple[int, int],
+    tick: Tick,
+) -> tuple[dict[str, Lists], int, int, dict[str, int]]:
+    worker, workers = share
+    index = recommender.model.catalog.index
+    mine = [n for n in range(len(plan.pairs)) if n % workers == worker]
+    due: dict[int, list[int]] = defaultdict(list)
+    for n in mine:
+        due[plan.pairs[n].after].append(n)
+    lists = {v: np.full((len(plan.pairs), k), -1, dtype=np.int64) for v in variants}
+    replay = Replay(session_cfg, plan.test_users)
+    requests = reused = done = 0
+    tiers: dict[str, int] = defaultdict(int)
+    for position, event in enumerate(plan.stream):
+        replay.apply(position + 1, event)
+        for n in due.get(position, ()):
+            pair = plan.pairs[n]
+            state = replay.state(event.user_id)
+            answered: dict[int, Lists] = {}
+            for variant in variants:
+                view = state_view(state, variant)
+                if id(view) in answered:
+                    lists[variant][n] = answered[id(view)]
+                    reused += 1
+                    continue
+                req = RecommendRequest(event.user_id, EVAL_SURFACE.name, k, {}, f"eval-{n}-{variant}", pair.now_ms)
+                response = recommender.recommend(req, view, replay.lookup)
+                row = np.array([index[i.item_id] for i in response.items], dtype=np.int64)
+                lists[variant][n, : len(row)] = row
+                answered[id(view)] = lists[variant][n]
+                requests += 1
+                tiers[response.tier] += 1
+            done += 1
+            if done % 64 == 0:
+                tick(64)
+    tick(done % 64)
+    return lists, requests, reused, dict(tiers)
+
+
+_FORK_STATE: dict[str, Any] = {}
+
+
+def _worker(worker: int, workers: int, counter: Any, queue: Any) -> None:
+    s = _FORK_STATE
+
+    def tick(n: int) -> None:
+        with counter.get_lock():
+            counter.value += n
+
+    result = _replay(s["recommender"], s["plan"], s["session_cfg"], s["variants"], s["k"], (worker, workers), tick)
+    queue.put((worker, result))
+
+
+def run_engine(
+    recommender: Recommender,
+    plan: Plan,
+    session_cfg: SessionConfig,
+    variants: Sequence[str] = VARIANTS,
+    k: int = 20,
+    workers: int = 1,
+    tick: Tick = lambda n: None,
+) -> EngineRun:
+    """The engine's lists for every pair under each variant."""
+    if EVAL_SURFACE.name not in recommender.surfaces:
+        recommender.surfaces = {**recommender.surfaces, EVAL_SURFACE.name: EVAL_SURFACE}
+    started = time.perf_counter()
+    workers = max(1, min(workers, len(plan.pairs) // 200 + 1))
+    if workers == 1 or "fork" not in mp.get_all_start_methods():
+        lists, requests, reused, tiers = _replay(recommender, plan, session_cfg, variants, k, (0, 1), tick)
+        return EngineRun(lists, time.perf_counter() - started, requests, reused, tiers)
+    ctx = mp.get_context("fork")
+    _FORK_STATE.update(recommender=recommender, plan=plan, session_cfg=session_cfg, variants=variants, k=k)
+    counter = ctx.Value("l", 0)
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(w, workers, counter, queue), daemon=True) for w in range(workers)]
+    try:
+        for p in procs:
+            p.start()
+        results: dict[int, tuple[dict[str, Lists], int, int, dict[str, int]]] = {}
+        reported = 0
+        while len(results) < workers:
+            try:
+                worker, result = queue.get(timeout=0.2)
+                results[worker] = result
+            except Exception:  # queue.Empty: report progress and check the workers are alive
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise RuntimeError("an evaluation worker died; run with --workers 1 to see its error") from None
+            with counter.get_lock():
+                now = counter.value
+            tick(now - reported)
+            reported = now
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+        _FORK_STATE.clear()
+    merged = {v: np.full((len(plan.pairs), k), -1, dtype=np.int64) for v in variants}
+    requests = reused = 0
+    all_tiers: dict[str, int] = defaultdict(int)
+    for worker, (lists, req, reu, tier) in results.items():
+        rows = np.arange(worker, len(plan.pairs), workers)
+        for v in variants:
+            merged[v][rows] = lists[v][rows]
+        requests += req
+        reused += reu
+        for name, count in tier.items():
+            all_tiers[name] += count
+    return EngineRun(merged, time.perf_counter() - started, requests, reused, dict(all_tiers))
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
