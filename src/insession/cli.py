@@ -223,9 +223,11 @@ def demo(
                     }
                 ]
             )
-            response = engine.recommend(RecommendRequest(user))
+            # The user is now on the item's page: that surface leaves the item itself out.
+            response = engine.recommend(RecommendRequest(user, "product_page", 10, {"item_id": item.item_id}))
             if n in (1, len(picks)):
-                _show(f"after click {n} on {item.item_id} ({item.name}, {item.category})", response, model)
+                title = f"after click {n} on {item.item_id} ({item.name}, {item.category}), its product page"
+                _show(title, response, model)
         cats = Counter(model.catalog.category_of(r.item_id) for r in response.items)
         console.print(f"top-10 categories now: {dict(cats.most_common())}")
         if once:
