@@ -97,3 +97,12 @@ def test_damaged_snapshot_is_detected(tmp_path: Path, clock: ManualClock, damage
     path.write_bytes(broken)
     with pytest.raises(SnapshotCorrupt):
         MemoryFeatureStore(clock).load(path)
+
+
+def test_memory_store_lists_live_users_sorted() -> None:
+    clock = ManualClock(0)
+    store = MemoryFeatureStore(clock)
+    for user in ("b", "a", "c"):
+        store.put_session(user, SessionState(user, f"{user}#1", 1, 1, 0, 0), ttl_s=10 if user != "c" else 1)
+    clock.advance(2_000)
+    assert store.users() == ["a", "b"]

@@ -17,6 +17,7 @@ from insession.events import Event
 from insession.model import ModelBundle
 from insession.serving.app import create_app
 from insession.serving.server import BackgroundServer
+from insession.store.memory import MemoryFeatureStore
 from insession.training import train
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,8 @@ def test_long_history_user_switching_category(served: tuple[httpx.Client, Engine
     catalog = engine.model.catalog
     # The user with the most history whose interactions are mostly one category.
     best: tuple[int, str, str] | None = None
-    for user in sorted({u for u in engine.store._sessions}):
+    assert isinstance(engine.store, MemoryFeatureStore)
+    for user in engine.store.users():
         state = engine.state(user)
         if state is None:
             continue

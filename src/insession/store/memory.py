@@ -73,6 +73,12 @@ class MemoryFeatureStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def users(self) -> list[str]:
+        """The users with unexpired state, sorted."""
+        now = self._clock.now_ms()
+        with self._lock:
+            return sorted(k for k, (_, exp) in self._sessions.items() if exp > now)
+
     def purge_expired(self) -> int:
         """Drop expired entries now; returns how many went."""
         now = self._clock.now_ms()
