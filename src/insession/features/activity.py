@@ -8,7 +8,6 @@ popularity are the same number online and offline.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -45,11 +44,6 @@ class ItemActivity:
         age = max(now_ms - self.last_ts, 0)
         return self.decayed * math.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS)
 
-    def window_counts(self, now_ms: int) -> tuple[int, ...]:
-        """Events in ``(now - w, now]`` for each window ``w`` (``recent`` is sorted)."""
-        upto = bisect_right(self.recent, now_ms)
-        return tuple(upto - bisect_right(self.recent, now_ms - w) for w in WINDOWS_MS)
-
 
 def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
     """Fold one event into its item's activity; events that carry no item activity change nothing."""
@@ -69,7 +63,7 @@ def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
 def activity_features(activity: Sequence[ItemActivity | None], now_ms: int) -> npt.NDArray[np.float64]:
     """Per item: log1p(live popularity) and the 5m/1h/24h event counts at ``now_ms`` (zeros if unknown).
 
-    The same numbers as ``popularity_at`` and ``window_counts``, computed over all items at once.
+    Popularity as ``popularity_at`` gives it; a window counts the events in ``(now - w, now]``.
     """
     out = np.zeros((len(activity), 1 + len(WINDOWS_MS)), dtype=np.float64)
     rows = [n for n, a in enumerate(activity) if a is not None]
