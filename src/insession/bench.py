@@ -16,18 +16,48 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from insession.clock import ManualClock
 from insession.config import Settings
 from insession.datasets.synthetic import CATEGORIES, ShopConfig, generate
 from insession.engine import Engine
 from insession.events import Event, EventType
+from insession.model import ModelBundle
 from insession.pipeline import RecommendRequest
+from insession.sequence.model import N_TYPES, Tokens, gap_buckets
 from insession.training import train
 
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def sequence_latency(
+    model: ModelBundle, tokens: int = 50, candidates: int = 500, requests: int = 1000
+) -> dict[str, Any]:
+    """One request's sequence-model work, timed alone: encode a ``tokens``-event history and score
+    ``candidates`` items (the target in issue 11: p50 under 2 ms). Empty without a sequence model."""
+    seq = model.sequence
+    if seq is None:
+        return {"sequence_model": model.stats.get("sequence", {}).get("off", "off")}
+    rng = np.random.default_rng(0)
+    n = min(tokens, seq.arch.max_len)
+    timings: list[float] = []
+    for _ in range(requests):
+        ts = np.sort(rng.integers(0, 3_600_000, n))
+        toks = Tokens(rng.integers(1, seq.n_items + 1, n), rng.integers(1, N_TYPES, n), gap_buckets(ts), ts)
+        items = rng.choice(seq.n_items, min(candidates, seq.n_items), replace=False)
+        t = time.perf_counter()
+        seq.scores(seq.encode(toks), items)
+        timings.append((time.perf_counter() - t) * 1000)
+    return {
+        "sequence_tokens": n,
+        "sequence_candidates": min(candidates, seq.n_items),
+        "sequence_p50_ms": round(statistics.median(timings), 3),
+        "sequence_p99_ms": round(_pct(timings, 0.99), 3),
+    }
 
 
 def run_bench(
@@ -85,6 +115,7 @@ def run_bench(
         "ingest_events_per_s": round(len(shop.events) / ingest_s, 1),
         "ingest_batch": batch,
         "train_seconds": round(train_s, 3),
+        **sequence_latency(model),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }

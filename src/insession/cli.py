@@ -26,11 +26,14 @@ from insession.errors import FieldError, InsessionError, ValidationError
 from insession.evaluation import EvalOptions, Split, report, time_split
 from insession.evaluation import evaluate as evaluate_split
 from insession.evaluation.baselines import BASELINES
+from insession.evaluation.evaluate import ALL_VARIANTS
 from insession.evaluation.protocol import time_ordered
-from insession.evaluation.runner import VARIANTS, default_workers
+from insession.evaluation.runner import default_workers
 from insession.events import Event
 from insession.model import ModelBundle
 from insession.pipeline import RecommendRequest, RecommendResponse
+from insession.sequence.train import SequenceConfig, torch_missing
+from insession.training import TrainConfig
 from insession.training import train as train_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="insession: real-time in-session recommendations.")
@@ -58,6 +61,26 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+SEQUENCE_HELP = "Also train the sequence model (needs the torch extra: pip install 'insession[torch]')."
+
+
+def _train_config(sequence: bool) -> TrainConfig:
+    if sequence and (missing := torch_missing()) is not None:
+        raise ValidationError([FieldError("sequence", "PyTorch installed (pip install 'insession[torch]')", missing)])
+    return TrainConfig(sequence=SequenceConfig(enabled=sequence))
+
+
+def _say_sequence(model: ModelBundle) -> None:
+    seq = model.stats.get("sequence", {})
+    if "off" in seq:
+        console.print(f"sequence model: off ({seq['off']})")
+    else:
+        console.print(
+            f"sequence model: {seq['transitions']} transitions, {seq['loss']}, validation MRR@20 "
+            f"{seq.get('val_MRR@20', '-')}, {seq['seconds']}s"
+        )
+
+
 def _settings(config: Path | None, **overrides: object) -> Settings:
     return Settings.load(dict(os.environ), config, **overrides)
 
@@ -68,6 +91,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Model directory to write.")],
     format: Annotated[str, typer.Option(help=f"One of {', '.join(FORMATS)}.")] = "auto",
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+    sequence: Annotated[bool, typer.Option(help=SEQUENCE_HELP)] = False,
 ) -> None:
     """Train a model from an event file and write a versioned model directory."""
     with _errors():
@@ -78,6 +102,7 @@ def train(
             stage = progress.add_task("training", total=100)
             model = train_model(
                 events,
+                _train_config(sequence),
                 session_cfg=settings.session,
                 progress=lambda name, f: progress.update(
                     stage, completed=int(f * 100), description=f"training: {name}"
@@ -90,6 +115,7 @@ def train(
             f"{model.stats['sessions']} sessions, {model.stats['covisit_pairs']} "
             f"co-visitation pairs) in {time.perf_counter() - started:.1f}s"
         )
+        _say_sequence(model)
         ranker = model.stats.get("ranker", {})
         if "skipped" in ranker:
             console.print(f"ranker: not trained ({ranker['skipped']}); the transparent scorer serves (tier 'fast')")
@@ -284,10 +310,15 @@ def evaluate(
         BASELINES
     ),
     variants: Annotated[
-        str, typer.Option(help="Engine variants: comma list of joint, session, long_term, or 'none'.")
-    ] = "joint,session,long_term",
+        str,
+        typer.Option(
+            help="Engine variants: comma list of joint, session, long_term, no_sequence (a second model "
+            "trained without the sequence model), or 'none'."
+        ),
+    ] = ",".join(ALL_VARIANTS),
     workers: Annotated[int, typer.Option(help="Processes replaying the test period.")] = default_workers(),
     config: Annotated[Path | None, typer.Option(help="TOML settings file (session timeout, surfaces).")] = None,
+    sequence: Annotated[bool, typer.Option(help=SEQUENCE_HELP + " The no_sequence variant then measures it.")] = False,
 ) -> None:
     """Score the engine, its ablations and the baselines on the next-item protocol; write a report."""
     with _errors():
@@ -308,8 +339,9 @@ def evaluate(
 
         options = EvalOptions(
             baselines=names(baselines, "baselines", BASELINES),
-            variants=names(variants, "variants", VARIANTS),
+            variants=names(variants, "variants", ALL_VARIANTS),
             workers=max(1, workers),
+            train=_train_config(sequence),
         )
         bundle = ModelBundle.load(model) if model is not None else None
         started = time.perf_counter()

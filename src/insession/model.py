@@ -9,6 +9,8 @@ Layout of a model directory::
     embeddings.npy   item vectors (float32, L2-normalised; zero rows for items never co-visited)
     ann.hnsw         hnswlib index over the non-zero embeddings (optional)
     sessions.npz     the training sessions for session kNN (optional)
+    sequence.npz     the sequence model's weights and settings (optional; needs no torch to serve)
+    sequence.hnsw    hnswlib index over the sequence model's item output vectors (optional)
     ranker.txt       the LightGBM ranker (optional; without it the transparent scorer serves)
     params.json      training parameters, incl. the ranker's feature names
 
@@ -32,6 +34,7 @@ from insession.candidates.ann import AnnIndex
 from insession.candidates.session_index import SessionIndex
 from insession.catalog import Catalog
 from insession.errors import ModelError
+from insession.sequence.model import SequenceModel
 
 MODEL_FORMAT = 1
 
@@ -62,6 +65,8 @@ class ModelBundle:
     ann: AnnIndex | None = None
     ranker: str | None = None
     sessions: SessionIndex | None = None
+    sequence: SequenceModel | None = None
+    sequence_ann: AnnIndex | None = None
     params: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     version: str = ""
@@ -70,10 +75,12 @@ class ModelBundle:
 
     def __post_init__(self) -> None:
         n = len(self.catalog)
-        if self.covisit.n_items != n or len(self.popularity) != n or len(self.embeddings) != n:
+        seq_n = self.sequence.n_items if self.sequence is not None else n
+        if self.covisit.n_items != n or len(self.popularity) != n or len(self.embeddings) != n or seq_n != n:
             raise ModelError(
                 f"model parts disagree on item count: catalog {n}, covisit "
-                f"{self.covisit.n_items}, popularity {len(self.popularity)}, embeddings {len(self.embeddings)}"
+                f"{self.covisit.n_items}, popularity {len(self.popularity)}, embeddings {len(self.embeddings)}, "
+                f"sequence {seq_n}"
             )
         # Most popular first; ties broken by dense index so the order is total and stable.
         self.popular_order = np.lexsort((np.arange(n), -self.popularity))
@@ -104,6 +111,10 @@ class ModelBundle:
             files["ranker.txt"] = self.ranker.encode()
         if self.sessions is not None:
             files["sessions.npz"] = _strip_npz_times(self.sessions.to_bytes())
+        if self.sequence is not None:
+            files["sequence.npz"] = _strip_npz_times(self.sequence.to_bytes())
+        if self.sequence_ann is not None:
+            files["sequence.hnsw"] = self.sequence_ann.to_bytes()
         return files
 
     def save(self, directory: Path) -> Path:
@@ -146,6 +157,10 @@ class ModelBundle:
         ann = None
         if "ann.hnsw" in files:
             ann = AnnIndex.from_bytes(files["ann.hnsw"], len(catalog), embeddings.shape[1])
+        sequence = SequenceModel.from_bytes(files["sequence.npz"]) if "sequence.npz" in files else None
+        sequence_ann = None
+        if sequence is not None and "sequence.hnsw" in files:
+            sequence_ann = AnnIndex.from_bytes(files["sequence.hnsw"], len(catalog), sequence.item_vectors.shape[1])
         bundle = ModelBundle(
             catalog=catalog,
             covisit=CovisitMatrix(arrays["indptr"], arrays["indices"], arrays["weights"]),
@@ -154,6 +169,8 @@ class ModelBundle:
             ann=ann,
             ranker=files["ranker.txt"].decode() if "ranker.txt" in files else None,
             sessions=SessionIndex.from_bytes(files["sessions.npz"], len(catalog)) if "sessions.npz" in files else None,
+            sequence=sequence,
+            sequence_ann=sequence_ann,
             params=json.loads(files["params.json"]),
             stats=manifest.get("stats", {}),
             version=manifest["version"],

@@ -22,6 +22,7 @@ from insession.candidates.knn import SessionKnnSource
 from insession.candidates.merge import Merged, merge
 from insession.candidates.popularity import PopularitySource
 from insession.candidates.recent import RecentSource
+from insession.candidates.sequence import SequenceSource
 from insession.config import SurfaceConfig
 from insession.errors import FieldError, ValidationError, describe
 from insession.features.activity import ItemActivity
@@ -94,7 +95,7 @@ class RecommendResponse:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    candidate_limit: int = 630
+    candidate_limit: int = 730
     quotas: Mapping[str, int] = field(
         default_factory=lambda: {
             "covisit": 200,
@@ -103,6 +104,7 @@ class PipelineConfig:
             "content": 80,
             "popular": 60,
             "recent": 30,
+            "sequence": 100,
         }
     )
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
@@ -125,6 +127,7 @@ class Recommender:
             RecentSource(),
             CovisitSource(),
             SessionKnnSource(),
+            SequenceSource(),
             EmbeddingSource("session_ann", "session"),
             EmbeddingSource("user_ann", "user"),
             ContentSource(),

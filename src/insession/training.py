@@ -10,7 +10,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from insession.events import Event, EventType
 from insession.model import CovisitMatrix, ModelBundle
 from insession.ranking.features import FEATURE_NAMES
 from insession.ranking.train import RankerConfig, ReplayData, fit_ranker, replay_groups
+from insession.sequence.train import SequenceConfig, fit_sequence, torch_missing, user_timelines
 from insession.sessions import split_sessions
 
 Progress = Callable[[str, float], None]
@@ -48,6 +49,7 @@ class TrainConfig:
     embedding_dim: int = 64
     seed: int = 0
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
     def __post_init__(self) -> None:
         if self.covisit_window < 1:
@@ -242,8 +244,10 @@ def train_parts(
     session_cfg: SessionConfig,
     items: Iterable[Item] = (),
     progress: Progress = _noop,
+    sequence_init: ModelBundle | None = None,
 ) -> ModelBundle:
-    """The candidate-generation parts: catalog, co-visitation, popularity, embeddings, ANN index."""
+    """The candidate-generation parts: catalog, co-visitation, popularity, embeddings, ANN index,
+    and the sequence model (continued from ``sequence_init``'s where it has one)."""
     progress("catalog", 0.05)
     catalog = catalog_from_events(event_list, known=items)
     progress("sessions", 0.1)
@@ -262,7 +266,7 @@ def train_parts(
         "session_timeout_ms": session_cfg.timeout_ms,
         "cutoff_ms": cutoff,
     }
-    stats = {
+    stats: dict[str, Any] = {
         "events": len(event_list),
         "users": len({e.user_id for e in event_list}),
         "sessions": arr.n_sessions,
@@ -271,7 +275,32 @@ def train_parts(
         "items_with_embedding": int((np.linalg.norm(embeddings, axis=1) > 0).sum()),
     }
     sessions = SessionIndex.build(arr.items, arr.sessions, arr.ts, len(catalog))
-    return ModelBundle(catalog, covisit, popularity, embeddings, ann, sessions=sessions, params=params, stats=stats)
+    sequence, sequence_ann = None, None
+    off = "disabled" if not cfg.sequence.enabled else torch_missing()
+    if off is None:
+        progress("sequence model", 0.4)
+        init = None
+        if sequence_init is not None and sequence_init.sequence is not None:
+            init = (sequence_init.sequence, sequence_init.catalog)
+        timelines = user_timelines(event_list, catalog.index)
+        sequence, stats["sequence"] = fit_sequence(
+            timelines, catalog, cfg.sequence, init, lambda s, f: progress(s, 0.4 + 0.5 * f)
+        )
+        sequence_ann = AnnIndex.build(sequence.item_vectors, seed=cfg.seed + 2)
+    else:
+        stats["sequence"] = {"off": off}
+    return ModelBundle(
+        catalog,
+        covisit,
+        popularity,
+        embeddings,
+        ann,
+        sessions=sessions,
+        sequence=sequence,
+        sequence_ann=sequence_ann,
+        params=params,
+        stats=stats,
+    )
 
 
 def _replay_window(
@@ -282,7 +311,8 @@ def _replay_window(
     items: Sequence[Item],
     ranker: RankerConfig,
     progress: Progress,
-) -> ReplayData | None:
+    previous: ModelBundle | None,
+) -> tuple[ReplayData, ModelBundle] | None:
     """Ranking groups from the ``w``-th latest slice of the events, replayed against parts fitted before it."""
     n = len(event_list)
     start = event_list[int(n * (1 - w * ranker.holdout_fraction))].ts
@@ -300,8 +330,8 @@ def _replay_window(
     def replay_progress(f: float) -> None:
         progress("replaying events for the ranker", done + span * (0.4 + 0.6 * f))
 
-    base = train_parts(early, cfg, session_cfg, items, model_progress)
-    return replay_groups(seen, base, session_cfg, start, ranker, replay_progress)
+    base = train_parts(early, cfg, session_cfg, items, model_progress, sequence_init=previous)
+    return replay_groups(seen, base, session_cfg, start, ranker, replay_progress), base
 
 
 def train(
@@ -329,12 +359,15 @@ def train(
     items = list(items)
     model_text: str | None = None
     ranker_stats: dict[str, Any] = {}
+    previous: ModelBundle | None = None  # the sequence model is continued from one cut to the next
     if ranker.enabled and len(event_list) >= ranker.min_events:
-        parts = [
-            _replay_window(event_list, w, cfg, session_cfg, items, ranker, progress)
-            for w in range(ranker.windows, 0, -1)  # oldest window first, so groups stay in time order
-        ]
-        data = ReplayData.concat([p for p in parts if p is not None])
+        parts: list[ReplayData] = []
+        for w in range(ranker.windows, 0, -1):  # oldest window first, so groups stay in time order
+            window = _replay_window(event_list, w, cfg, session_cfg, items, ranker, progress, previous)
+            if window is not None:
+                parts.append(window[0])
+                previous = window[1]
+        data = ReplayData.concat(parts)
         if len(data.groups) >= 20:
             progress("fitting the ranker", 0.7)
             model_text, ranker_stats = fit_ranker(data, ranker)
@@ -344,19 +377,11 @@ def train(
         ranker_stats = {
             "skipped": f"{len(event_list)} events (< {ranker.min_events})" if ranker.enabled else "disabled"
         }
-    final = train_parts(event_list, cfg, session_cfg, items, lambda s, f: progress(s, 0.75 + 0.25 * f))
+    final = train_parts(
+        event_list, cfg, session_cfg, items, lambda s, f: progress(s, 0.75 + 0.25 * f), sequence_init=previous
+    )
     final.params["ranker"] = {"features": list(FEATURE_NAMES) if model_text else [], "config": asdict(ranker)}
     final.stats["ranker"] = ranker_stats
     final.stats["train_seconds"] = round(time.perf_counter() - started, 3)
     progress("done", 1.0)
-    return ModelBundle(
-        final.catalog,
-        final.covisit,
-        final.popularity,
-        final.embeddings,
-        final.ann,
-        ranker=model_text,
-        sessions=final.sessions,
-        params=final.params,
-        stats=final.stats,
-    )
+    return replace(final, ranker=model_text, version="")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,10 +16,18 @@ from insession.evaluation.protocol import TARGET_TYPES, Plan, Split, plan
 from insession.evaluation.runner import VARIANTS, Lists, Tick, default_workers, run_baseline, run_engine
 from insession.model import ModelBundle
 from insession.pipeline import Recommender
-from insession.training import sessionize, train
+from insession.training import TrainConfig, sessionize, train
 
 #: What each engine variant is called in ``metrics.json``.
-ENGINE_NAMES = {"joint": "insession", "session": "insession/session-only", "long_term": "insession/long-term-only"}
+ENGINE_NAMES = {
+    "joint": "insession",
+    "session": "insession/session-only",
+    "long_term": "insession/long-term-only",
+    "no_sequence": "insession/no-sequence",
+}
+#: Every variant: the state views of one model, and ``no_sequence``, a second model trained
+#: without the sequence model (only run when the first one has it).
+ALL_VARIANTS = (*VARIANTS, "no_sequence")
 
 #: ``stage(description, total)`` starts a progress stage and returns its tick function.
 Stage = Callable[[str, int | None], Tick]
@@ -32,17 +40,18 @@ def _quiet(description: str, total: int | None) -> Tick:
 @dataclass(frozen=True, slots=True)
 class EvalOptions:
     baselines: Sequence[str] = BASELINES
-    variants: Sequence[str] = VARIANTS
+    variants: Sequence[str] = ALL_VARIANTS
     workers: int = field(default_factory=default_workers)
     k: int = 20
+    train: TrainConfig = field(default_factory=TrainConfig)  # how the engine is trained when no model is given
 
     def __post_init__(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"baselines: expected any of {', '.join(BASELINES)}, got {', '.join(bad)}")
-        bad = [v for v in self.variants if v not in VARIANTS]
+        bad = [v for v in self.variants if v not in ALL_VARIANTS]
         if bad:
-            raise ValueError(f"variants: expected any of {', '.join(VARIANTS)}, got {', '.join(bad)}")
+            raise ValueError(f"variants: expected any of {', '.join(ALL_VARIANTS)}, got {', '.join(bad)}")
         if self.k < max(m.CUTOFFS):
             raise ValueError(f"k: expected >= {max(m.CUTOFFS)}, got {self.k}")
 
@@ -78,16 +87,8 @@ def evaluate(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     if model is None:
-        tick = stage("training the engine on the training side", 100)
-        done = [0]
-
-        def progress(name: str, fraction: float) -> None:
-            now = int(fraction * 100)
-            tick(now - done[0])
-            done[0] = now
-
         t0 = time.perf_counter()
-        model = train(split.train, session_cfg=session_cfg, progress=progress)
+        model = _train(split, session_cfg, options.train, stage, "training the engine on the training side")
         timings["train_engine_s"] = time.perf_counter() - t0
     else:
         cutoff = int(model.params.get("cutoff_ms", 0))
@@ -111,13 +112,24 @@ def evaluate(
 
     result = EvalResult({}, {}, {}, {})
     engine_run = None
-    if options.variants:
+    views = [v for v in options.variants if v in VARIANTS]
+    if views:
         recommender = Recommender(model, settings.surfaces, session_cfg.timeout_ms)
-        tick = stage(f"insession ({', '.join(options.variants)})", len(plan_.pairs))
-        engine_run = run_engine(recommender, plan_, session_cfg, options.variants, options.k, options.workers, tick)
+        tick = stage(f"insession ({', '.join(views)})", len(plan_.pairs))
+        engine_run = run_engine(recommender, plan_, session_cfg, views, options.k, options.workers, tick)
         timings["insession_s"] = engine_run.seconds
-        for variant in options.variants:
+        for variant in views:
             score(ENGINE_NAMES[variant], engine_run.lists[variant], plan_, popularity, n_items, result)
+    if "no_sequence" in options.variants and model.sequence is not None:
+        t0 = time.perf_counter()
+        cfg = replace(options.train, sequence=replace(options.train.sequence, enabled=False))
+        plain = _train(split, session_cfg, cfg, stage, "training the engine without the sequence model")
+        timings["train_no_sequence_s"] = time.perf_counter() - t0
+        recommender = Recommender(plain, settings.surfaces, session_cfg.timeout_ms)
+        tick = stage("insession (no sequence model)", len(plan_.pairs))
+        plain_run = run_engine(recommender, plan_, session_cfg, ["joint"], options.k, options.workers, tick)
+        timings["insession_no_sequence_s"] = plain_run.seconds
+        score(ENGINE_NAMES["no_sequence"], plain_run.lists["joint"], plan_, popularity, n_items, result)
 
     t0 = time.perf_counter()
     baselines = fit_baselines(data, options.baselines)
@@ -145,6 +157,7 @@ def evaluate(
         "items": n_items,
         "model_version": model.version,
         "ranker": "learned" if model.ranker is not None else "simple (no learned ranker)",
+        "sequence_model": {k: v for k, v in model.stats.get("sequence", {}).items() if k != "epochs"},
         "workers": options.workers,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "protocol": (
@@ -160,6 +173,18 @@ def evaluate(
     return result
 
 
+def _train(split: Split, session_cfg: SessionConfig, cfg: TrainConfig, stage: Stage, title: str) -> ModelBundle:
+    tick = stage(title, 100)
+    done = [0]
+
+    def progress(name: str, fraction: float) -> None:
+        now = int(fraction * 100)
+        tick(now - done[0])
+        done[0] = now
+
+    return train(split.train, cfg, session_cfg=session_cfg, progress=progress)
+
+
 def comparisons(metrics: dict[str, dict[str, float]]) -> dict[str, float | None]:
     """Relative differences the issue asks for: in-session lift and the engine vs each baseline."""
     out: dict[str, float | None] = {}
@@ -170,6 +195,10 @@ def comparisons(metrics: dict[str, dict[str, float]]) -> dict[str, float | None]
     if long_term is not None:
         for key in ("NDCG@20", "MRR@20", "HR@20"):
             out[f"in_session_lift_{key}"] = m.relative(joint[key], long_term[key])
+    plain = metrics.get(ENGINE_NAMES["no_sequence"])
+    if plain is not None:
+        for key in ("NDCG@20", "MRR@20", "HR@20"):
+            out[f"sequence_lift_{key}"] = m.relative(joint[key], plain[key])
     for name, values in metrics.items():
         if name.startswith("insession"):
             continue

@@ -65,6 +65,16 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _sequence(run: dict[str, Any]) -> str:
+    seq = run.get("sequence_model", {})
+    if "off" in seq:
+        return f"off ({seq['off']}); `--sequence` turns it on"
+    return (
+        f"on ({seq.get('transitions')} training transitions, {seq.get('loss')}; compare `insession` with "
+        "`insession/no-sequence`)"
+    )
+
+
 def markdown(result: EvalResult, plots: Sequence[str], title: str) -> str:
     run = result.run
     rows = [[name, *(_fmt(values.get(k)) for k in TABLE_KEYS)] for name, values in result.metrics.items()]
@@ -84,7 +94,7 @@ def markdown(result: EvalResult, plots: Sequence[str], title: str) -> str:
         f"# {title}",
         "",
         f"Split: {run['split']}. Protocol: {run['protocol']}.",
-        f"Engine model `{run['model_version']}`, ranker: {run['ranker']}.",
+        f"Engine model `{run['model_version']}`, ranker: {run['ranker']}, sequence model: {_sequence(run)}.",
         "",
         "## Accuracy",
         "",

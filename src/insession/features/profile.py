@@ -17,6 +17,7 @@ import numpy.typing as npt
 from insession.clock import HOUR_MS, MINUTE_MS
 from insession.events import EventType
 from insession.model import ModelBundle
+from insession.sequence.model import tokens_of
 from insession.sessions import Interaction, SessionState
 
 #: Half-life of an interaction's pull on the session embedding, by event type (seconds).
@@ -70,6 +71,8 @@ class Profile:
     cart: frozenset[str]
     session_recency: Mapping[str, int]  # item id -> 1 for the latest distinct item of the session, 2, ...
     history_recency: Mapping[str, int]  # the same over earlier sessions (at most ``recency_depth`` items)
+    #: The sequence model's vector of the user's latest interactions (empty without a sequence model).
+    sequence_vector: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
 
 def _shares(weights: dict[object, float]) -> dict[object, float]:
@@ -179,7 +182,16 @@ def build_profile(
         cart=frozenset(state.cart),
         session_recency=_recency(session, cfg.recency_depth),
         history_recency=_recency(history, cfg.recency_depth),
+        sequence_vector=_sequence_vector(state, model),
     )
+
+
+def _sequence_vector(state: SessionState, model: ModelBundle) -> npt.NDArray[np.float32]:
+    seq = model.sequence
+    if seq is None:
+        return np.zeros(0, dtype=np.float32)
+    tokens = tokens_of(state, model.catalog.index, seq.arch.max_len)
+    return seq.encode(tokens) if len(tokens.items) else np.zeros(0, dtype=np.float32)
 
 
 def _recency(inters: tuple[Interaction, ...], depth: int) -> dict[str, int]:

@@ -67,6 +67,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "covisit_from_previous",
     "sim_last_item",
     "session_knn_score",
+    "sequence_score",
+    "sequence_gap_to_best",
+    "sequence_rank_inv",
 )
 DEVICES = {"mobile": 1.0, "desktop": 2.0, "tablet": 3.0, "app": 4.0}
 #: Which feature column holds each candidate source's own score (flags for popular and recent).
@@ -148,6 +151,7 @@ def feature_matrix(
     history_rank = _lookup(by_index({k: float(v) for k, v in profile.history_recency.items()}), items)
     x[:, 42] = np.where(history_rank > 0, 1.0 / np.maximum(history_rank, 1.0), 0.0)
     _last_items(ctx, items, x)
+    _sequence(ctx, items, x)
     x[:, 6] = np.log1p(model.popularity[items])
     emb = model.embeddings[items]
     x[:, 11] = emb @ profile.session_embedding
@@ -207,3 +211,19 @@ def _last_items(ctx: RequestContext, items: npt.NDArray[np.int64], x: npt.NDArra
             x[:, column] = np.where(found, ws[order][at] / ws[0], 0.0)
         if column == 44:
             x[:, 46] = model.embeddings[items] @ model.embeddings[idx]
+
+
+def _sequence(ctx: RequestContext, items: npt.NDArray[np.int64], x: npt.NDArray[np.float32]) -> None:
+    """The sequence model's score of each candidate, its distance below the best candidate's, and
+    1 / its rank among the candidates (zeros without a sequence model or without a sequence)."""
+    seq, profile = ctx.model.sequence, ctx.profile
+    assert profile is not None
+    if seq is None or not len(profile.sequence_vector):
+        return
+    scores = seq.scores(profile.sequence_vector, items)
+    x[:, 48] = scores
+    x[:, 49] = scores - scores.max()
+    order = np.lexsort((items, -scores))
+    rank = np.empty(len(items), dtype=np.float64)
+    rank[order] = np.arange(1, len(items) + 1)
+    x[:, 50] = 1.0 / rank
