@@ -59,9 +59,24 @@ class SurfaceConfig:
     #: list, the best-ranked kept; ``None`` for no limit. Re-visits are likely, but a list made
     #: only of them shows nothing new.
     max_seen: int | None = 3
+    #: Degradation: move one tier down when the p99 of the last ``degrade_window`` requests passes
+    #: ``degrade_p99_ms``; back up after it stays at or under ``recover_ratio`` of that for
+    #: ``recover_hold_s`` seconds; no move before the window is full.
+    degrade_p99_ms: float = 80.0
+    degrade_window: int = 200
+    recover_ratio: float = 0.5
+    recover_hold_s: float = 30.0
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "surface.name", "a non-empty string", self.name)
+        _require(
+            self.degrade_p99_ms > 0, f"surfaces.{self.name}.degrade_p99_ms", "a positive number", self.degrade_p99_ms
+        )
+        _require(
+            self.degrade_window >= 10, f"surfaces.{self.name}.degrade_window", "an integer >= 10", self.degrade_window
+        )
+        _require(0 < self.recover_ratio <= 1, f"surfaces.{self.name}.recover_ratio", "0 < x <= 1", self.recover_ratio)
+        _require(self.recover_hold_s >= 0, f"surfaces.{self.name}.recover_hold_s", ">= 0 seconds", self.recover_hold_s)
         _require(
             self.max_seen is None or self.max_seen >= 0,
             f"surfaces.{self.name}.max_seen",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from insession.model import ModelBundle
 from insession.pipeline import Recommender, RecommendRequest, RecommendResponse
 from insession.sessions import SessionState, apply
 from insession.store.memory import MemoryFeatureStore
+from insession.tiers import TierMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class Engine:
         self.clock = clock or SystemClock()
         self.snapshot_path = snapshot_path
         self.recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
+        self.tiers = TierMonitor(settings.surfaces)
         self._lock = threading.Lock()
         self._since_snapshot = 0
 
@@ -196,7 +199,11 @@ class Engine:
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
         if not req.request_id or not req.now_ms:
             req = replace(req, request_id=req.request_id or uuid.uuid4().hex, now_ms=req.now_ms or self.clock.now_ms())
-        return self.recommender.recommend(req, self.store.get_session(req.user_id), self.activity)
+        started = time.perf_counter()
+        tier = self.tiers.tier(req.surface)
+        response = self.recommender.recommend(req, self.store.get_session(req.user_id), self.activity, tier)
+        self.tiers.record(req.surface, (time.perf_counter() - started) * 1000)
+        return response
 
     # -- lifecycle ------------------------------------------------------------------------------
     def snapshot(self) -> None:

@@ -1,11 +1,23 @@
-"""The ``Recommender``: candidates -> ranking -> re-ranking for one request.
+"""The ``Recommender``: candidates -> ranking -> re-ranking for one request, under a deadline.
 
-It is given the user's state and the model; it does no I/O and reads no clock except
-``time.perf_counter`` to report stage timings, which never influence the result.
+It is given the user's state and the model and does no I/O. Its only clock is a monotonic one
+(``time.perf_counter`` unless a test injects another) for stage timings and deadlines. A surface's
+``budget_ms`` is shared out among the stages (``STAGE_SHARES``, cumulative): candidate sources
+stop being asked once the candidates deadline has passed, and the learned ranker scores only as
+many candidates as its measured cost per row lets it finish by the ranking deadline (or none:
+then the transparent scorer ranks them and the tier is ``fast``). Re-ranking always runs: its
+rules are what keeps purchased and dismissed items out. The response names the tier that served
+it and every stage that was cut, so a degraded list is never mistaken for a full one.
+
+Tiers, best first: ``full`` (all stages, learned ranker), ``fast`` (candidates and the
+transparent scorer, no feature matrix), ``popular`` (no personalisation: popularity, then the
+re-ranking rules). The caller picks the tier (``insession.tiers.TierMonitor`` steps it down
+while a surface's p99 is over its threshold); a request may still end up lower than asked.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +55,17 @@ def no_activity(items: Sequence[str]) -> list[ItemActivity | None]:
     return [None] * len(items)
 
 
+TIERS = ("full", "fast", "popular")
+#: Share of a surface's budget each stage may use; a stage's deadline is the request's start plus
+#: the budget times the shares of it and every stage before it.
+STAGE_SHARES = {"features": 0.15, "candidates": 0.35, "ranking": 0.4, "rerank": 0.1}
+#: Sources asked even past the candidates deadline: popularity is a slice of a precomputed order,
+#: and it keeps a cut request's list full.
+FLOOR_SOURCES = frozenset({"popular"})
+#: The learned ranker scores at least this many candidates when it runs at all.
+MIN_RANKED = 50
+
+
 @dataclass(frozen=True, slots=True)
 class RecommendRequest:
     user_id: str
@@ -75,6 +98,10 @@ class RecommendResponse:
     tier: str
     timings_ms: Mapping[str, float]
     removed_by_rule: Mapping[str, list[str]] = field(default_factory=dict)
+    #: Stages that ran out of time and returned partial results, e.g. ``("candidates",)``.
+    cut: tuple[str, ...] = ()
+    #: Candidate sources not asked because the candidates deadline had passed.
+    skipped_sources: tuple[str, ...] = ()
     #: The candidates in merge order and their feature rows (not serialised; for explain and tests).
     candidate_ids: tuple[str, ...] = ()
     features: npt.NDArray[np.float32] | None = None
@@ -89,6 +116,7 @@ class RecommendResponse:
             "session_version": self.session_version,
             "model_version": self.model_version,
             "tier": self.tier,
+            "cut": list(self.cut),
             "timings_ms": dict(self.timings_ms),
         }
 
@@ -118,8 +146,12 @@ class Recommender:
         surfaces: Mapping[str, SurfaceConfig],
         session_timeout_ms: int,
         cfg: PipelineConfig | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.model = model
+        self.clock = clock
+        #: Measured cost of the learned ranker per candidate row (seconds), a moving average.
+        self.rank_cost_s = 2e-6
         self.session_timeout_ms = session_timeout_ms
         self.surfaces = surfaces
         self.cfg = cfg or PipelineConfig()
@@ -146,13 +178,19 @@ class Recommender:
             raise ValidationError([FieldError("surface", f"one of {', '.join(sorted(self.surfaces))}", describe(name))])
         return found
 
-    def context(self, req: RecommendRequest, state: SessionState | None) -> RequestContext:
-        index = self.model.catalog.index
-        anchors = tuple(
-            (index[item_id], w)
-            for item_id, w in session_anchors(state, self.cfg.anchors, req.now_ms, self.session_timeout_ms)
-            if item_id in index
-        )
+    def context(self, req: RecommendRequest, state: SessionState | None, personal: bool = True) -> RequestContext:
+        """What every stage reads. ``personal=False`` (the ``popular`` tier) skips the anchors and
+        the profile: the state is still there for the rules that keep purchases and dismissals out."""
+        anchors: tuple[tuple[int, float], ...] = ()
+        profile = None
+        if personal:
+            index = self.model.catalog.index
+            anchors = tuple(
+                (index[item_id], w)
+                for item_id, w in session_anchors(state, self.cfg.anchors, req.now_ms, self.session_timeout_ms)
+                if item_id in index
+            )
+            profile = build_profile(state, self.model, req.now_ms, self.session_timeout_ms, self.cfg.profile)
         return RequestContext(
             user_id=req.user_id,
             surface=req.surface,
@@ -163,16 +201,20 @@ class Recommender:
             now_ms=req.now_ms,
             current_item=req.context.get("item_id"),
             context=req.context,
-            profile=build_profile(state, self.model, req.now_ms, self.session_timeout_ms, self.cfg.profile),
+            profile=profile,
         )
 
-    def gather(self, ctx: RequestContext) -> list[Merged]:
-        """Every source's candidates, merged under the per-source quotas."""
-        lists: list[tuple[str, list[Candidate]]] = [
-            (src.name, src.candidates(ctx, self.cfg.quotas.get(src.name, self.cfg.candidate_limit)))
-            for src in self.sources
-        ]
-        return merge(lists, self.cfg.quotas, self.cfg.candidate_limit)
+    def gather(self, ctx: RequestContext, deadline: float = math.inf) -> tuple[list[Merged], tuple[str, ...]]:
+        """Every source's candidates, merged under the per-source quotas; sources not yet asked
+        when ``deadline`` (on ``self.clock``) passes are skipped and returned as the second value."""
+        lists: list[tuple[str, list[Candidate]]] = []
+        skipped: list[str] = []
+        for src in self.sources:
+            if lists and src.name not in FLOOR_SOURCES and self.clock() > deadline:
+                skipped.append(src.name)
+                continue
+            lists.append((src.name, src.candidates(ctx, self.cfg.quotas.get(src.name, self.cfg.candidate_limit))))
+        return merge(lists, self.cfg.quotas, self.cfg.candidate_limit), tuple(skipped)
 
     def features(
         self, ctx: RequestContext, merged: Sequence[Merged], activity: ActivityLookup
@@ -181,34 +223,73 @@ class Recommender:
         return feature_matrix(ctx, merged, activity([ids[m.item] for m in merged]))
 
     def recommend(
-        self, req: RecommendRequest, state: SessionState | None, activity: ActivityLookup = no_activity
+        self,
+        req: RecommendRequest,
+        state: SessionState | None,
+        activity: ActivityLookup = no_activity,
+        tier: str = "full",
     ) -> RecommendResponse:
         surface = self.surface(req.surface)
         if not 1 <= req.k <= surface.max_k:
             raise ValidationError([FieldError("k", f"an integer 1..{surface.max_k}", describe(req.k))])
+        if tier not in TIERS:
+            raise ValueError(f"tier: expected one of {', '.join(TIERS)}, got {tier!r}")
+        clock = self.clock
+        t0 = clock()
+        deadlines: dict[str, float] = {}
+        share = 0.0
+        for stage, part in STAGE_SHARES.items():
+            share += part
+            deadlines[stage] = t0 + surface.budget_ms / 1000.0 * share
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        ctx = self.context(req, state)
-        t1 = time.perf_counter()
-        timings["features"] = (t1 - t0) * 1000
-        merged = self.gather(ctx)
-        t2 = time.perf_counter()
-        timings["candidates"] = (t2 - t1) * 1000
-        x = self.features(ctx, merged, activity)
-        if self.learned is not None:
-            scores = self.learned.score(x).tolist()
-            tier = "full"
+        cut: list[str] = []
+        skipped: tuple[str, ...] = ()
+        x: npt.NDArray[np.float32] | None = None
+        if tier == "popular":
+            ctx = self.context(req, state, personal=False)
+            t1 = clock()
+            merged, _ = self._popular(ctx)
         else:
+            ctx = self.context(req, state)
+            t1 = clock()
+            if t1 > deadlines["features"]:
+                cut.append("features")
+            merged, skipped = self.gather(ctx, deadlines["candidates"])
+            if skipped:
+                cut.append("candidates")
+        t2 = clock()
+        timings["features"] = (t1 - t0) * 1000
+        timings["candidates"] = (t2 - t1) * 1000
+        served = tier
+        if tier == "full" and self.learned is not None:
+            room = deadlines["ranking"] - t2
+            fits = len(merged) if math.isinf(room) else int(room / self.rank_cost_s)
+            if fits < MIN_RANKED:
+                served = "fast"  # no time left for the learned ranker at all
+                cut.append("ranking")
+            elif fits < len(merged):
+                merged = merged[:fits]  # merge order: the sources' best first
+                cut.append("ranking")
+        elif tier == "full":
+            served = "fast"  # a model trained without a ranker
+        if served == "full":
+            assert self.learned is not None
+            x = self.features(ctx, merged, activity)
+            scores = self.learned.score(x).tolist()
+            self.rank_cost_s = 0.9 * self.rank_cost_s + 0.1 * (clock() - t2) / max(len(merged), 1)
+        elif served == "fast":
             scores = self.simple.score(ctx, merged)
-            tier = "fast"
+        else:
+            pop = self.model.popularity
+            scores = [float(pop[m.item]) for m in merged]
         ids = self.model.catalog.ids
         ranked = [Ranked(ids[m.item], m.item, s, tuple(sorted(m.sources))) for m, s in zip(merged, scores, strict=True)]
         ranked.sort(key=lambda r: (-r.score, r.item))
-        t3 = time.perf_counter()
+        t3 = clock()
         timings["ranking"] = (t3 - t2) * 1000
         kept, removed = apply_rules(ctx, surface, ranked)
         items = tuple(RecommendedItem(r.item_id, r.score, r.sources) for r in kept[: req.k])
-        t4 = time.perf_counter()
+        t4 = clock()
         timings["rerank"] = (t4 - t3) * 1000
         timings["total"] = (t4 - t0) * 1000
         return RecommendResponse(
@@ -219,9 +300,16 @@ class Recommender:
             session_id=state.session_id if state else None,
             session_version=state.session_version if state else 0,
             model_version=self.model.version,
-            tier=tier,
+            tier=served,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             removed_by_rule=removed,
+            cut=tuple(cut),
+            skipped_sources=skipped,
             candidate_ids=tuple(ids[m.item] for m in merged),
             features=x,
         )
+
+    def _popular(self, ctx: RequestContext) -> tuple[list[Merged], tuple[str, ...]]:
+        """The ``popular`` tier's candidates: enough of the most popular items to survive the rules."""
+        k = ctx.k + len(ctx.state.purchased) + len(ctx.state.dismissed) + 30 if ctx.state else ctx.k + 30
+        return merge([("popular", PopularitySource().candidates(ctx, k))], {"popular": k}, k), ()

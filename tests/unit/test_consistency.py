@@ -47,7 +47,7 @@ def test_offline_replay_reproduces_served_features(engine: Engine, clock: Manual
         clock.now_ms(),
     )
     ctx = offline.context(req, states[user])
-    merged = offline.gather(ctx)
+    merged, _ = offline.gather(ctx)
     x = offline.features(ctx, merged, lambda ids: [activity.get(i) for i in ids])
     assert tuple(engine.model.catalog.ids[m.item] for m in merged) == served.candidate_ids
     assert np.array_equal(x, served.features)

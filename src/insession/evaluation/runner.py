@@ -15,6 +15,7 @@ asking its share of the pairs; results are identical to a single worker's.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import time
@@ -36,8 +37,10 @@ from insession.sessions import SessionState
 
 VARIANTS = ("joint", "session", "long_term")
 #: Next-item evaluation keeps what the user already saw: re-visits are a large share of targets.
+#: No deadline (an infinite budget): evaluation measures the model, not how loaded the machine
+#: happened to be, so every list is the full tier's and the same on every run.
 EVAL_SURFACE = SurfaceConfig(
-    "evaluate", exclude_seen=False, exclude_cart=False, exclude_current_item=False, max_seen=None
+    "evaluate", exclude_seen=False, exclude_cart=False, exclude_current_item=False, max_seen=None, budget_ms=math.inf
 )
 
 Lists = npt.NDArray[np.int64]

@@ -110,6 +110,8 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None) -> FastAPI
         for stage, ms in response.timings_ms.items():
             if stage != "total":
                 metrics.stage_latency.labels(stage).observe(ms / 1000.0)
+        for stage in response.cut:
+            metrics.cuts.labels(stage).inc()
         return response.to_dict()
 
     @app.get("/healthz")
@@ -119,11 +121,16 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None) -> FastAPI
             "model_version": engine.model.version,
             "log_position": engine.store.applied_position(),
             "live_users": len(engine.store),
+            "tiers": {name: t["tier"] for name, t in engine.tiers.snapshot().items()},
         }
 
     @app.get("/metrics")
     def get_metrics() -> Response:
         metrics.users.set(len(engine.store))
+        for surface, tier in engine.tiers.snapshot().items():
+            metrics.tier.labels(surface).set(tier["level"])
+            metrics.tier_p99.labels(surface).set(tier["p99_ms"])
+            metrics.tier_changes.labels(surface).set(tier["changes"])
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", response_class=HTMLResponse)

@@ -32,6 +32,24 @@ class ServiceMetrics:
         )
         self.log_position = Gauge("insession_log_position", "Last event-log position applied", registry=self.registry)
         self.users = Gauge("insession_live_users", "Users with live state in the store", registry=self.registry)
+        self.tier = Gauge(
+            "insession_surface_tier",
+            "Tier a surface serves now: 0 full, 1 fast, 2 popular",
+            ["surface"],
+            registry=self.registry,
+        )
+        self.tier_p99 = Gauge(
+            "insession_surface_p99_ms",
+            "Rolling p99 latency (ms) the tier monitor last computed for a surface",
+            ["surface"],
+            registry=self.registry,
+        )
+        self.tier_changes = Gauge(
+            "insession_surface_tier_changes", "Tier moves of a surface since start", ["surface"], registry=self.registry
+        )
+        self.cuts = Counter(
+            "insession_stage_cuts_total", "Requests where a stage ran out of time", ["stage"], registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
