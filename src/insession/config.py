@@ -66,6 +66,16 @@ class SurfaceConfig:
     degrade_window: int = 200
     recover_ratio: float = 0.5
     recover_hold_s: float = 30.0
+    #: Freshness ``session``: serve the kept list again while the session embedding moved less than
+    #: this (cosine distance); ``session`` and ``batch``: never a list older than ``cache_ttl_s``.
+    drift_threshold: float = 0.05
+    cache_ttl_s: float = 300.0
+    #: Stability (churn budget) against the list last shown in this session: the first
+    #: ``keep_top`` positions keep their item unless a newcomer scores ``keep_margin`` more; at
+    #: most ``max_new`` new items per refresh (``None``: no limit).
+    keep_top: int = 0
+    keep_margin: float = 0.5
+    max_new: int | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "surface.name", "a non-empty string", self.name)
@@ -76,6 +86,16 @@ class SurfaceConfig:
             self.degrade_window >= 10, f"surfaces.{self.name}.degrade_window", "an integer >= 10", self.degrade_window
         )
         _require(0 < self.recover_ratio <= 1, f"surfaces.{self.name}.recover_ratio", "0 < x <= 1", self.recover_ratio)
+        _require(0 <= self.drift_threshold <= 2, f"surfaces.{self.name}.drift_threshold", "0..2", self.drift_threshold)
+        _require(self.cache_ttl_s > 0, f"surfaces.{self.name}.cache_ttl_s", "a positive number", self.cache_ttl_s)
+        _require(self.keep_top >= 0, f"surfaces.{self.name}.keep_top", "an integer >= 0", self.keep_top)
+        _require(self.keep_margin >= 0, f"surfaces.{self.name}.keep_margin", "a number >= 0", self.keep_margin)
+        _require(
+            self.max_new is None or self.max_new >= 0,
+            f"surfaces.{self.name}.max_new",
+            "an integer >= 0 (or absent)",
+            self.max_new,
+        )
         _require(self.recover_hold_s >= 0, f"surfaces.{self.name}.recover_hold_s", ">= 0 seconds", self.recover_hold_s)
         _require(
             self.max_seen is None or self.max_seen >= 0,

@@ -16,16 +16,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from insession.clock import Clock, SystemClock
 from insession.config import Settings
 from insession.errors import FieldError, SnapshotCorrupt
 from insession.events import Event, validate_event
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.activity import ItemActivity, bump
+from insession.features.profile import build_profile
+from insession.freshness import ListCache, ShownLists
 from insession.log import AppendResult, EventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.model import ModelBundle
 from insession.pipeline import Recommender, RecommendRequest, RecommendResponse
+from insession.rerank import churn_at_k
 from insession.sessions import SessionState, apply
 from insession.store.memory import MemoryFeatureStore
 from insession.tiers import TierMonitor
@@ -82,6 +88,8 @@ class Engine:
         self.snapshot_path = snapshot_path
         self.recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
         self.tiers = TierMonitor(settings.surfaces)
+        self.lists = ListCache()
+        self.shown = ShownLists()
         self._lock = threading.Lock()
         self._since_snapshot = 0
 
@@ -200,10 +208,31 @@ class Engine:
         if not req.request_id or not req.now_ms:
             req = replace(req, request_id=req.request_id or uuid.uuid4().hex, now_ms=req.now_ms or self.clock.now_ms())
         started = time.perf_counter()
-        tier = self.tiers.tier(req.surface)
-        response = self.recommender.recommend(req, self.store.get_session(req.user_id), self.activity, tier)
-        self.tiers.record(req.surface, (time.perf_counter() - started) * 1000)
-        return response
+        surface = self.recommender.surface(req.surface)
+        state = self.store.get_session(req.user_id)
+        previous = self.shown.previous(req, state)
+        kept = self.lists.lookup(surface, req, state, lambda: self._intent(req, state))
+        if kept is not None:
+            response = replace(
+                kept.response,
+                request_id=req.request_id,
+                session_version=state.session_version if state else 0,
+                cached=True,
+                timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)},
+            )
+        else:
+            tier = self.tiers.tier(req.surface)
+            response = self.recommender.recommend(req, state, self.activity, tier, previous)
+            self.lists.store(surface, req, state, response.intent, response)
+            self.tiers.record(req.surface, (time.perf_counter() - started) * 1000)
+        ids = [i.item_id for i in response.items]
+        self.shown.remember(req, state, ids)
+        return replace(response, churn=churn_at_k(previous, ids, req.k) if previous else None)
+
+    def _intent(self, req: RecommendRequest, state: SessionState | None) -> npt.NDArray[np.float32]:
+        """The current session embedding, for deciding whether a kept list still fits."""
+        timeout = self.settings.session.timeout_ms
+        return build_profile(state, self.model, req.now_ms, timeout, self.recommender.cfg.profile).session_embedding
 
     # -- lifecycle ------------------------------------------------------------------------------
     def snapshot(self) -> None:

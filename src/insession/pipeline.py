@@ -17,6 +17,7 @@ while a surface's p99 is over its threshold); a request may still end up lower t
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +45,7 @@ from insession.model import ModelBundle
 from insession.ranking.features import feature_matrix
 from insession.ranking.learned import LearnedScorer
 from insession.ranking.simple import SimpleScorer
-from insession.rerank import Ranked, apply_rules
+from insession.rerank import Ranked, apply_rules, stabilise
 from insession.sessions import SessionState
 
 #: Reads the live activity of items (by id) from wherever state is kept; ``None`` where unknown.
@@ -102,6 +103,14 @@ class RecommendResponse:
     cut: tuple[str, ...] = ()
     #: Candidate sources not asked because the candidates deadline had passed.
     skipped_sources: tuple[str, ...] = ()
+    #: Items the surface's churn budget moved or held against the list shown before.
+    stabilised: tuple[str, ...] = ()
+    #: Served again from the freshness cache (``session``/``batch`` surfaces) instead of computed.
+    cached: bool = False
+    #: Share of the top k that is new since the list last shown in this session (None: first list).
+    churn: float | None = None
+    #: The session embedding the list was computed for (freshness decisions; not serialised).
+    intent: npt.NDArray[np.float32] | None = None
     #: The candidates in merge order and their feature rows (not serialised; for explain and tests).
     candidate_ids: tuple[str, ...] = ()
     features: npt.NDArray[np.float32] | None = None
@@ -117,8 +126,19 @@ class RecommendResponse:
             "model_version": self.model_version,
             "tier": self.tier,
             "cut": list(self.cut),
+            "cached": self.cached,
+            "churn": self.churn,
             "timings_ms": dict(self.timings_ms),
         }
+
+    @property
+    def etag(self) -> str:
+        """Equal for equal lists (same model, surface and items in order): a client that holds the
+        list under this tag need not redraw it."""
+        h = hashlib.sha256(f"{self.model_version}|{self.surface}|".encode())
+        for item in self.items:
+            h.update(item.item_id.encode() + b"\0")
+        return f'"{h.hexdigest()[:20]}"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +248,10 @@ class Recommender:
         state: SessionState | None,
         activity: ActivityLookup = no_activity,
         tier: str = "full",
+        previous: Sequence[str] = (),
     ) -> RecommendResponse:
+        """One list. ``tier`` is the best tier to try; ``previous`` is what this user was last
+        shown on this surface in this session, for the surface's churn budget."""
         surface = self.surface(req.surface)
         if not 1 <= req.k <= surface.max_k:
             raise ValidationError([FieldError("k", f"an integer 1..{surface.max_k}", describe(req.k))])
@@ -257,6 +280,8 @@ class Recommender:
             merged, skipped = self.gather(ctx, deadlines["candidates"])
             if skipped:
                 cut.append("candidates")
+        if previous and (surface.keep_top > 0 or surface.max_new is not None):
+            merged = self._with_shown(merged, previous)
         t2 = clock()
         timings["features"] = (t1 - t0) * 1000
         timings["candidates"] = (t2 - t1) * 1000
@@ -288,6 +313,7 @@ class Recommender:
         t3 = clock()
         timings["ranking"] = (t3 - t2) * 1000
         kept, removed = apply_rules(ctx, surface, ranked)
+        kept, moved = stabilise(kept, previous, req.k, surface.keep_top, surface.keep_margin, surface.max_new)
         items = tuple(RecommendedItem(r.item_id, r.score, r.sources) for r in kept[: req.k])
         t4 = clock()
         timings["rerank"] = (t4 - t3) * 1000
@@ -305,9 +331,21 @@ class Recommender:
             removed_by_rule=removed,
             cut=tuple(cut),
             skipped_sources=skipped,
+            stabilised=tuple(moved),
+            intent=ctx.profile.session_embedding if ctx.profile is not None else None,
             candidate_ids=tuple(ids[m.item] for m in merged),
             features=x,
         )
+
+    def _with_shown(self, merged: list[Merged], previous: Sequence[str]) -> list[Merged]:
+        """The items shown last, as candidates too (tagged ``shown``): a churn budget can only keep
+        an item the ranker has scored."""
+        index = self.model.catalog.index
+        have = {m.item for m in merged}
+        extra = [
+            Merged(index[i], {"shown": 0.0}) for i in dict.fromkeys(previous) if i in index and index[i] not in have
+        ]
+        return merged + extra
 
     def _popular(self, ctx: RequestContext) -> tuple[list[Merged], tuple[str, ...]]:
         """The ``popular`` tier's candidates: enough of the most popular items to survive the rules."""

@@ -97,3 +97,50 @@ def apply_rules(
             removed[name] = [r.item_id for r in ranked if r.item_id not in keep_ids]
         ranked = kept
     return ranked, removed
+
+
+def stabilise(
+    ranked: list[Ranked], previous: Sequence[str], k: int, keep_top: int, margin: float, max_new: int | None
+) -> tuple[list[Ranked], list[str]]:
+    """The churn budget: change what the user already saw only as much as the surface allows.
+
+    ``previous`` is the list this user was shown last on this surface, in this session. The top
+    ``k`` is filled position by position from the best remaining item, with two limits:
+
+    - each of the first ``keep_top`` positions of ``previous`` keeps its item (if the rules kept it
+      eligible) unless the item that would take the position now scores more than ``margin`` more;
+    - at most ``max_new`` items not in ``previous`` enter; once they have, the best remaining
+      items that were shown before fill the rest (newcomers again only when none are left).
+
+    Returns the list (the top ``k``, then the rest in score order) and the ids whose position the
+    budget changed.
+    """
+    if not previous or (keep_top <= 0 and max_new is None):
+        return ranked, []
+    shown = set(previous)
+    by_id = {r.item_id: r for r in ranked}
+    pinned = {i: by_id[p] for i, p in enumerate(previous[: min(keep_top, k)]) if p in by_id}
+    budget = len(ranked) if max_new is None else max_new
+    pool = list(ranked)
+    top: list[Ranked] = []
+    while pool and len(top) < k:
+        best = next((r for r in pool if budget > 0 or r.item_id in shown), pool[0])
+        held = pinned.get(len(top))
+        choice = best
+        if held is not None and held in pool and held is not best and best.score <= held.score + margin:
+            choice = held
+        if choice.item_id not in shown:
+            budget -= 1
+        top.append(choice)
+        pool.remove(choice)
+    changed = [a.item_id for a, b in zip(top, ranked, strict=False) if a.item_id != b.item_id]
+    return top + pool, changed
+
+
+def churn_at_k(previous: Sequence[str], current: Sequence[str], k: int) -> float:
+    """Share of the top ``k`` that is new since the previous list: 0 = unchanged, 1 = all new."""
+    now = list(current)[:k]
+    if not now:
+        return 0.0
+    before = set(list(previous)[:k])
+    return sum(1 for item in now if item not in before) / len(now)

@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from insession.engine import Engine
 from insession.errors import InsessionError, PayloadTooLarge
+from insession.freshness import cache_control
 from insession.pipeline import RecommendRequest
 from insession.serving.metrics import ServiceMetrics
 
@@ -99,20 +100,47 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None) -> FastAPI
         metrics.log_position.set(engine.store.applied_position())
         return result.to_dict()
 
-    @app.post("/v1/recommendations")
-    def post_recommendations(body: RecommendationBody) -> dict[str, Any]:
-        context = {}
-        if body.context is not None:
-            context = {k: str(v) for k, v in body.context.model_dump().items() if v is not None}
+    def recommend(req: RecommendRequest, if_none_match: str | None) -> Response:
         started = time.perf_counter()
-        response = engine.recommend(RecommendRequest(body.user_id, body.surface, body.k, context))
-        metrics.recommend_latency.labels(body.surface, response.tier).observe(time.perf_counter() - started)
+        response = engine.recommend(req)
+        metrics.recommend_latency.labels(req.surface, response.tier).observe(time.perf_counter() - started)
         for stage, ms in response.timings_ms.items():
             if stage != "total":
                 metrics.stage_latency.labels(stage).observe(ms / 1000.0)
         for stage in response.cut:
             metrics.cuts.labels(stage).inc()
-        return response.to_dict()
+        metrics.lists.labels(req.surface, "cached" if response.cached else "computed").inc()
+        if response.churn is not None:
+            metrics.churn.labels(req.surface).observe(response.churn)
+        surface = engine.settings.surface(req.surface)
+        headers = {
+            "ETag": response.etag,
+            "Cache-Control": cache_control(surface),
+            "X-Session-Version": str(response.session_version),
+        }
+        if if_none_match is not None and response.etag in (t.strip() for t in if_none_match.split(",")):
+            return Response(status_code=304, headers=headers)
+        return JSONResponse(response.to_dict(), headers=headers)
+
+    @app.post("/v1/recommendations")
+    def post_recommendations(body: RecommendationBody) -> Response:
+        context = {}
+        if body.context is not None:
+            context = {k: str(v) for k, v in body.context.model_dump().items() if v is not None}
+        return recommend(RecommendRequest(body.user_id, body.surface, body.k, context), None)
+
+    @app.get("/v1/recommendations")
+    def get_recommendations(
+        user_id: Annotated[str, Query(min_length=1, max_length=128)],
+        surface: Annotated[str, Query(min_length=1, max_length=64)] = "home",
+        k: Annotated[int, Query(ge=1, le=100)] = 10,
+        item_id: Annotated[str | None, Query(max_length=128)] = None,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """The same list as POST, cacheable: send the ETag back in If-None-Match and an unchanged
+        list answers 304 with no body."""
+        context = {"item_id": item_id} if item_id else {}
+        return recommend(RecommendRequest(user_id, surface, k, context), if_none_match)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

@@ -47,6 +47,19 @@ class ServiceMetrics:
         self.tier_changes = Gauge(
             "insession_surface_tier_changes", "Tier moves of a surface since start", ["surface"], registry=self.registry
         )
+        self.lists = Counter(
+            "insession_lists_total",
+            "Lists served, computed or served again from the freshness cache",
+            ["surface", "source"],
+            registry=self.registry,
+        )
+        self.churn = Histogram(
+            "insession_churn_at_k",
+            "Share of the top k new since the previous list in the session",
+            ["surface"],
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
+            registry=self.registry,
+        )
         self.cuts = Counter(
             "insession_stage_cuts_total", "Requests where a stage ran out of time", ["stage"], registry=self.registry
         )
