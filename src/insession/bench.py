@@ -1,17 +1,35 @@
-"""Throughput and latency of the embedded engine on a synthetic shop, measured in one run.
+"""``insession bench``: the real server, driven from another process on loopback, against its own floor.
 
-``bare`` is the baseline measured in the same run: a request for a user with no state, which
-runs the whole pipeline but has no session evidence (popularity only). Comparing the two on the
-same machine at the same moment separates the cost of personalisation from machine noise.
+1. Generate a synthetic shop of N items and train a model on it (embeddings, ANN, ranker).
+2. Fold the shop's events into a data directory, then start ``python -m insession serve`` on a
+   free loopback port as a child process (with ``--bare-endpoint``).
+3. A separate driver process (``multiprocessing``, spawn) sends a bounded mixed load: for each
+   step an event (a click), a recommendation request and a request to the bare endpoint, which
+   validates the same body and returns a fixed list through the same stack (FastAPI, uvicorn,
+   JSON): the framework's floor, measured in the same run, so the engine's own cost is a ratio
+   against it rather than a number at the mercy of a shared machine. Then it posts event batches
+   for a bounded time to measure ingest.
+4. The child is stopped by its PID; figures go to a JSON file.
+
+Everything is bounded: ``requests`` steps or ``seconds``, whichever comes first.
 """
 
 from __future__ import annotations
 
+import http.client
+import json as _json
+import multiprocessing
+import os
 import platform
 import random
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,16 +40,20 @@ from insession.clock import ManualClock
 from insession.config import Settings
 from insession.datasets.synthetic import CATEGORIES, ShopConfig, generate
 from insession.engine import Engine
-from insession.events import Event, EventType
 from insession.model import ModelBundle
-from insession.pipeline import RecommendRequest
 from insession.sequence.model import N_TYPES, Tokens, gap_buckets
-from insession.training import train
+from insession.training import TrainConfig, train
 
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def sequence_latency(
@@ -60,8 +82,118 @@ def sequence_latency(
     }
 
 
+class _Client:
+    """A keep-alive JSON client on the standard library (the driver needs no extra package)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def post(self, path: str, json: Any) -> tuple[int, Any]:
+        body = _json.dumps(json).encode()
+        self.conn.request("POST", path, body, {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, (_json.loads(data) if data else None)
+
+    def __enter__(self) -> _Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+
+def drive(
+    port: int, users: list[str], items: list[str], start_ms: int, requests: int, seconds: float, seed: int
+) -> dict[str, Any]:
+    """The load driver (runs in its own process): mixed steps, then an ingest phase."""
+    rng = random.Random(seed)
+    recommend: list[float] = []
+    bare: list[float] = []
+    event_ms: list[float] = []
+    tiers: Counter[str] = Counter()
+    cuts: Counter[str] = Counter()
+    errors = 0
+    now = start_ms
+    with _Client(port) as client:
+        for n in range(20):  # warm-up: first requests pay for imports and caches
+            client.post("/v1/bench/bare", json={"user_id": "warm", "k": 10})
+            client.post("/v1/recommendations", json={"user_id": users[n % len(users)], "k": 10})
+        started = time.perf_counter()
+        for n in range(requests):
+            if time.perf_counter() - started > seconds:
+                break
+            user = rng.choice(users)
+            now += 2_000
+            event = {"event_id": f"bench-{seed}-{n}", "user_id": user, "type": "click", "item_id": rng.choice(items)}
+            t = time.perf_counter()
+            status, _ = client.post("/v1/events", json={"events": [{**event, "ts": now}]})
+            event_ms.append((time.perf_counter() - t) * 1000)
+            errors += status != 200
+            t = time.perf_counter()
+            status, body = client.post("/v1/recommendations", json={"user_id": user, "surface": "home", "k": 10})
+            recommend.append((time.perf_counter() - t) * 1000)
+            if status == 200:
+                tiers[body["tier"]] += 1
+                cuts.update(body.get("cut", []))
+            else:
+                errors += 1
+            t = time.perf_counter()
+            status, _ = client.post("/v1/bench/bare", json={"user_id": user, "surface": "home", "k": 10})
+            bare.append((time.perf_counter() - t) * 1000)
+            errors += status != 200
+        mixed_s = time.perf_counter() - started
+        sent = 0
+        batch = 100
+        started = time.perf_counter()
+        while time.perf_counter() - started < min(seconds, 10.0) and sent < 200_000:
+            events = []
+            for _ in range(batch):
+                now += 10
+                user = rng.choice(users)
+                events.append(
+                    {
+                        "event_id": f"ingest-{seed}-{sent}",
+                        "user_id": user,
+                        "type": "view",
+                        "item_id": rng.choice(items),
+                        "ts": now,
+                    }
+                )
+                sent += 1
+            status, _ = client.post("/v1/events", json={"events": events})
+            errors += status != 200
+        ingest_s = time.perf_counter() - started
+    steps = len(recommend)
+    return {
+        "steps": steps,
+        "mixed_seconds": round(mixed_s, 3),
+        "recommend_p50_ms": round(statistics.median(recommend), 3) if recommend else None,
+        "recommend_p95_ms": round(_pct(recommend, 0.95), 3),
+        "recommend_p99_ms": round(_pct(recommend, 0.99), 3),
+        "bare_p50_ms": round(statistics.median(bare), 3) if bare else None,
+        "bare_p95_ms": round(_pct(bare, 0.95), 3),
+        "bare_p99_ms": round(_pct(bare, 0.99), 3),
+        "event_p50_ms": round(statistics.median(event_ms), 3) if event_ms else None,
+        "requests_per_s": round(3 * steps / mixed_s, 1) if mixed_s > 0 else None,
+        "ingest_events_per_s": round(sent / ingest_s, 1) if ingest_s > 0 else None,
+        "ingest_batch": batch,
+        "tiers": dict(tiers),
+        "cuts": dict(cuts),
+        "errors": errors,
+    }
+
+
+def _drive_to_queue(queue: Any, *args: Any) -> None:
+    queue.put(drive(*args))
+
+
 def run_bench(
-    n_items: int = 10_000, requests: int = 2000, seed: int = 1, progress: Callable[[str], None] = lambda s: None
+    n_items: int = 10_000,
+    requests: int = 2000,
+    seed: int = 1,
+    progress: Callable[[str], None] = lambda s: None,
+    seconds: float = 60.0,
+    sequence: bool = False,
 ) -> dict[str, Any]:
     n_cat = len(CATEGORIES)
     per_cat = max(n_items // n_cat, 16)
@@ -72,50 +204,96 @@ def run_bench(
         n_users=max(300, n_items // 20),
         seed=seed,
     )
-    progress("generating")
+    progress("generating the shop")
     shop = generate(cfg)
-    progress("training")
+    progress(f"training on {len(shop.events)} events")
     t = time.perf_counter()
-    model = train(shop.events, items=shop.items)
+    train_cfg = TrainConfig()
+    if sequence:
+        from dataclasses import replace
+
+        train_cfg = replace(train_cfg, sequence=replace(train_cfg.sequence, enabled=True))
+    model = train(shop.events, train_cfg, items=shop.items)
     train_s = time.perf_counter() - t
-    clock = ManualClock(shop.events[-1].ts + 3_600_000)
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine.open(Settings(data_dir=Path(tmp), snapshot_every_events=10**9), model=model, clock=clock)
-        progress("ingesting")
-        t = time.perf_counter()
-        batch = 100
-        for i in range(0, len(shop.events), batch):
-            engine.ingest(shop.events[i : i + batch])
-        ingest_s = time.perf_counter() - t
-        rng = random.Random(seed)
-        users = sorted(shop.tastes)
-        progress("requests")
-        full: list[float] = []
-        bare: list[float] = []
-        for n in range(requests):
-            user = rng.choice(users)
-            item = shop.items[rng.randrange(len(shop.items))]
-            clock.advance(5_000)
-            engine.ingest([Event(f"bench-{n}", user, EventType.CLICK, clock.now_ms(), item.item_id)])
-            t = time.perf_counter()
-            engine.recommend(RecommendRequest(user, "home", 10))
-            full.append((time.perf_counter() - t) * 1000)
-            t = time.perf_counter()
-            engine.recommend(RecommendRequest(f"anon-{n}", "home", 10))
-            bare.append((time.perf_counter() - t) * 1000)
-        engine.log.close()
+    with tempfile.TemporaryDirectory(prefix="insession-bench-") as tmp:
+        model_dir, data_dir = Path(tmp) / "model", Path(tmp) / "data"
+        model.save(model_dir)
+        progress("folding the shop's events into the data directory")
+        clock = ManualClock(shop.events[-1].ts + 60_000)
+        engine = Engine.open(Settings(data_dir=data_dir, snapshot_every_events=10**9), model=model, clock=clock)
+        for i in range(0, len(shop.events), 1000):
+            engine.ingest(shop.events[i : i + 1000])
+        engine.close()
+        port = _free_port()
+        progress(f"starting the server on 127.0.0.1:{port}")
+        cmd = [sys.executable, "-m", "insession", "serve", "--model", str(model_dir), "--data-dir", str(data_dir)]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--bare-endpoint"]
+        env = {**os.environ, "INSESSION_LOG_LEVEL": "WARNING"}
+        log_path = Path(tmp) / "server.log"  # a file, not a pipe: a chatty server never blocks on it
+        with log_path.open("wb") as log:
+            server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_ready(port, server, log_path)
+            progress(f"driving the server from another process ({requests} steps or {seconds:.0f} s)")
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            users = sorted(shop.tastes)
+            items = [i.item_id for i in shop.items]
+            start_ms = shop.events[-1].ts + 120_000
+            driver = ctx.Process(
+                target=_drive_to_queue, args=(queue, port, users, items, start_ms, requests, seconds, seed)
+            )
+            driver.start()
+            figures = queue.get(timeout=seconds * 3 + 120)
+            driver.join(timeout=30)
+            health = _get_json(port, "/healthz")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    p50, bare50 = figures["recommend_p50_ms"], figures["bare_p50_ms"]
     return {
         "items": len(model.catalog),
         "events": len(shop.events),
-        "requests": requests,
-        "recommend_p50_ms": round(statistics.median(full), 3),
-        "recommend_p99_ms": round(_pct(full, 0.99), 3),
-        "bare_p50_ms": round(statistics.median(bare), 3),
-        "bare_p99_ms": round(_pct(bare, 0.99), 3),
-        "ingest_events_per_s": round(len(shop.events) / ingest_s, 1),
-        "ingest_batch": batch,
+        "requests": figures["steps"],
+        **{k: v for k, v in figures.items() if k != "steps"},
+        "engine_over_bare_p50": round(p50 / bare50, 2) if p50 and bare50 else None,
+        "engine_ms_over_bare_p50": round(p50 - bare50, 3) if p50 and bare50 else None,
+        "server_tiers_at_end": health.get("tiers", {}),
         "train_seconds": round(train_s, 3),
         **sequence_latency(model),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpus": os.cpu_count(),
     }
+
+
+def _get_json(port: int, path: str) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return dict(_json.loads(conn.getresponse().read()))
+    finally:
+        conn.close()
+
+
+def _wait_ready(port: int, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            err = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the server exited with {server.returncode} before it was ready: {err}")
+        try:
+            _get_json(port, "/healthz")
+            return
+        except (OSError, http.client.HTTPException, ValueError):
+            time.sleep(0.2)
+    raise RuntimeError(f"the server on 127.0.0.1:{port} was not ready after {timeout_s:.0f} s")
+
+
+def write(figures: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_json.dumps(figures, indent=2) + "\n", encoding="utf-8")

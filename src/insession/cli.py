@@ -135,6 +135,9 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+    bare_endpoint: Annotated[
+        bool, typer.Option(help="Add POST /v1/bench/bare (a fixed list, no engine) for `insession bench`.")
+    ] = False,
 ) -> None:
     """Serve the HTTP API with a trained model."""
     from insession.serving.app import create_app
@@ -153,7 +156,7 @@ def serve(
             f"(log: {settings.data_dir / 'events.sqlite'})"
         )
         try:
-            serve_forever(create_app(engine), settings.host, settings.port)
+            serve_forever(create_app(engine, bare_endpoint=bare_endpoint), settings.host, settings.port)
         finally:
             engine.close()
 
@@ -387,19 +390,30 @@ def evaluate(
 def bench(
     items: Annotated[int, typer.Option(help="Catalog size of the synthetic shop.")] = 10_000,
     out: Annotated[Path, typer.Option(help="JSON file for the figures.")] = Path("bench.json"),
-    requests: Annotated[int, typer.Option(help="Recommendation requests to time.")] = 2000,
+    requests: Annotated[int, typer.Option(help="Mixed steps (an event, a list, a bare call) at most.")] = 2000,
+    seconds: Annotated[
+        float, typer.Option(help="Time limit of the mixed phase (and of the ingest phase, max 10 s).")
+    ] = 60.0,
+    sequence: Annotated[bool, typer.Option(help="Train the sequence model too (torch extra).")] = False,
 ) -> None:
-    """Measure ingest throughput and recommendation latency; write the figures to a JSON file."""
-    import json
+    """Start the real server on loopback, drive it from another process, write latency and throughput."""
+    from insession.bench import run_bench, write
 
-    from insession.bench import run_bench
-
-    with console.status("benchmark") as status:
-        figures = run_bench(items, requests, progress=lambda stage: status.update(f"benchmark: {stage}"))
-    out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    for key, value in figures.items():
-        console.print(f"{key:>22}: {value}")
-    console.print(f"written to {out}")
+    with _errors():
+        if sequence:
+            _train_config(True)  # names the missing extra before minutes of work
+        with console.status("benchmark") as status:
+            figures = run_bench(
+                items,
+                requests,
+                seconds=seconds,
+                sequence=sequence,
+                progress=lambda stage: status.update(f"benchmark: {stage}"),
+            )
+        write(figures, out)
+        for key, value in figures.items():
+            console.print(f"{key:>24}: {value}")
+        console.print(f"written to {out}")
 
 
 def main() -> None:

@@ -62,7 +62,13 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
-def create_app(engine: Engine, metrics: ServiceMetrics | None = None) -> FastAPI:
+BARE_ITEMS = [{"item_id": f"bare-{n}", "score": 1.0, "sources": ["bare"]} for n in range(10)]
+
+
+def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpoint: bool = False) -> FastAPI:
+    """The app. ``bare_endpoint`` adds ``POST /v1/bench/bare``: the same body validation and JSON
+    response as ``/v1/recommendations`` but a fixed list and no engine, the floor the framework
+    itself costs (``insession bench`` measures both in one run)."""
     metrics = metrics or ServiceMetrics()
     app = FastAPI(title="insession", version="0.1.0", description="Real-time in-session recommendations.")
     app.state.engine = engine
@@ -141,6 +147,14 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None) -> FastAPI
         list answers 304 with no body."""
         context = {"item_id": item_id} if item_id else {}
         return recommend(RecommendRequest(user_id, surface, k, context), if_none_match)
+
+    if bare_endpoint:
+
+        @app.post("/v1/bench/bare")
+        def bare(body: RecommendationBody) -> Response:
+            return JSONResponse(
+                {"request_id": "bare", "items": BARE_ITEMS[: body.k], "session_version": 0, "tier": "bare"}
+            )
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
