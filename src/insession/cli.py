@@ -322,6 +322,9 @@ def evaluate(
     workers: Annotated[int, typer.Option(help="Processes replaying the test period.")] = default_workers(),
     config: Annotated[Path | None, typer.Option(help="TOML settings file (session timeout, surfaces).")] = None,
     sequence: Annotated[bool, typer.Option(help=SEQUENCE_HELP + " The no_sequence variant then measures it.")] = False,
+    churn_curve: Annotated[
+        bool, typer.Option(help="Also replay the engine under five churn budgets: relevance vs churn@20 in the report.")
+    ] = False,
 ) -> None:
     """Score the engine, its ablations and the baselines on the next-item protocol; write a report."""
     with _errors():
@@ -345,6 +348,7 @@ def evaluate(
             variants=names(variants, "variants", ALL_VARIANTS),
             workers=max(1, workers),
             train=_train_config(sequence),
+            churn_curve=churn_curve,
         )
         bundle = ModelBundle.load(model) if model is not None else None
         started = time.perf_counter()

@@ -13,7 +13,7 @@ from insession.clock import MINUTE_MS, ManualClock
 from insession.config import SessionConfig, Settings
 from insession.datasets.synthetic import SyntheticShop
 from insession.engine import Engine
-from insession.evaluation import EvalOptions, Split, evaluate, time_split
+from insession.evaluation import EvalOptions, Split, evaluate, report, time_split
 from insession.evaluation import metrics as m
 from insession.evaluation.baselines import Popular, SequentialRules, SessionKNN, TrainingSessions
 from insession.evaluation.protocol import plan
@@ -203,3 +203,25 @@ def test_a_model_that_saw_the_test_period_is_refused(shop_split: tuple[Split, Mo
     split, _ = shop_split
     with pytest.raises(ValueError, match="reaches into the test period"):
         evaluate(split, model=model, options=EvalOptions(workers=1))
+
+
+def test_churn_between_consecutive_lists_of_a_session_by_hand() -> None:
+    lists = np.array([[1, 2, 3, 4], [1, 2, 5, 6], [7, 8, 9, 10], [1, 2, 3, -1]], dtype=np.int64)
+    sessions = np.array([0, 0, 1, 0], dtype=np.int64)
+    positions = np.array([1, 2, 1, 3], dtype=np.int64)
+    # session 0: [1,2,3,4] -> [1,2,5,6] (2 of 4 new) -> [1,2,3] (1 of 3 new); session 1 has one list
+    assert m.churn(lists, sessions, positions, 4) == pytest.approx((0.5 + 1 / 3) / 2)
+
+
+def test_a_churn_budget_lowers_churn_in_the_evaluation(shop_split: tuple[Split, ModelBundle], tmp_path: Path) -> None:
+    split, model = shop_split
+    options = EvalOptions(workers=2, baselines=(), variants=("joint",), churn_curve=True)
+    result = evaluate(split, model=model, options=options)
+    curve = {p["budget"]: p for p in result.run["churn_curve"]}
+    assert set(curve) == {"none", "keep3", "new10", "new5", "keep5-new2", "new0"}
+    assert curve["none"]["churn@20"] == pytest.approx(result.metrics["insession"]["churn@20"], abs=1e-4)
+    assert curve["new0"]["churn@20"] < curve["new5"]["churn@20"] <= curve["none"]["churn@20"]
+    assert curve["new5"]["churn@20"] <= 5 / 20 + 1e-9  # at most 5 of 20 new per list
+    assert curve["new0"]["HR@20"] <= curve["none"]["HR@20"]  # nothing new: the price is relevance
+    written = report.write(result, tmp_path / "out")
+    assert "plot_churn" in written and "Relevance vs churn" in (tmp_path / "out" / "report.md").read_text()

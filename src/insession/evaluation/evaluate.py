@@ -13,7 +13,7 @@ from insession.config import SessionConfig, Settings
 from insession.evaluation import metrics as m
 from insession.evaluation.baselines import BASELINES, TrainingSessions, fit_baselines
 from insession.evaluation.protocol import TARGET_TYPES, Plan, Split, plan
-from insession.evaluation.runner import VARIANTS, Lists, Tick, default_workers, run_baseline, run_engine
+from insession.evaluation.runner import CHURN_CURVE, VARIANTS, Lists, Tick, default_workers, run_baseline, run_engine
 from insession.model import ModelBundle
 from insession.pipeline import Recommender
 from insession.training import TrainConfig, sessionize, train
@@ -44,6 +44,7 @@ class EvalOptions:
     workers: int = field(default_factory=default_workers)
     k: int = 20
     train: TrainConfig = field(default_factory=TrainConfig)  # how the engine is trained when no model is given
+    churn_curve: bool = False  # also replay the engine under each churn budget of CHURN_CURVE
 
     def __post_init__(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -66,7 +67,9 @@ class EvalResult:
 
 def score(name: str, lists: Lists, plan_: Plan, popularity: np.ndarray, n_items: int, result: EvalResult) -> None:
     ranks = m.ranks_of(lists, plan_.targets())
-    result.metrics[name] = {**m.accuracy(ranks), **m.beyond_accuracy(lists, popularity, n_items)}
+    sessions = np.array([p.session for p in plan_.pairs], dtype=np.int64)
+    churn = {"churn@20": m.churn(lists, sessions, plan_.positions(), 20)}
+    result.metrics[name] = {**m.accuracy(ranks), **m.beyond_accuracy(lists, popularity, n_items), **churn}
     result.by_length[name] = m.by_bucket(ranks, plan_.session_lengths(), m.LENGTH_EDGES)
     result.by_position[name] = m.by_bucket(ranks, plan_.positions(), m.POSITION_EDGES)
 
@@ -112,14 +115,37 @@ def evaluate(
 
     result = EvalResult({}, {}, {}, {})
     engine_run = None
+    churn_curve: list[dict[str, Any]] = []
     views = [v for v in options.variants if v in VARIANTS]
+    stable = [f"stable:{s.name.split('/', 1)[1]}" for s in CHURN_CURVE] if options.churn_curve else []
+    if stable and "joint" not in views:
+        views.insert(0, "joint")
     if views:
         recommender = Recommender(model, settings.surfaces, session_cfg.timeout_ms)
-        tick = stage(f"insession ({', '.join(views)})", len(plan_.pairs))
-        engine_run = run_engine(recommender, plan_, session_cfg, views, options.k, options.workers, tick)
+        title = f"insession ({', '.join(views)}{', churn budgets' if stable else ''})"
+        tick = stage(title, len(plan_.pairs))
+        engine_run = run_engine(recommender, plan_, session_cfg, views + stable, options.k, options.workers, tick)
         timings["insession_s"] = engine_run.seconds
         for variant in views:
             score(ENGINE_NAMES[variant], engine_run.lists[variant], plan_, popularity, n_items, result)
+        sessions = np.array([p.session for p in plan_.pairs], dtype=np.int64)
+        positions = plan_.positions()
+        joint_name = ENGINE_NAMES["joint"]
+        if stable:
+            curve = [{"budget": "none", **_point(result.metrics[joint_name])}]
+            for variant, surface in zip(stable, CHURN_CURVE, strict=True):
+                lists = engine_run.lists[variant]
+                point = m.accuracy(m.ranks_of(lists, plan_.targets()))
+                point["churn@20"] = m.churn(lists, sessions, positions, 20)
+                curve.append(
+                    {
+                        "budget": variant.removeprefix("stable:"),
+                        "keep_top": surface.keep_top,
+                        "max_new": surface.max_new,
+                    }
+                    | _point(point)
+                )
+            churn_curve = curve
     if "no_sequence" in options.variants and model.sequence is not None:
         t0 = time.perf_counter()
         cfg = replace(options.train, sequence=replace(options.train.sequence, enabled=False))
@@ -170,7 +196,13 @@ def evaluate(
         result.run["engine_requests_reused"] = engine_run.reused
         result.run["engine_tiers"] = engine_run.tiers
     result.run["comparisons"] = comparisons(result.metrics)
+    if churn_curve:
+        result.run["churn_curve"] = churn_curve
     return result
+
+
+def _point(values: dict[str, float]) -> dict[str, float]:
+    return {key: round(values[key], 4) for key in ("churn@20", "HR@20", "MRR@20", "NDCG@20")}
 
 
 def _train(split: Split, session_cfg: SessionConfig, cfg: TrainConfig, stage: Stage, title: str) -> ModelBundle:

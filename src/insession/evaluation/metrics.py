@@ -7,6 +7,7 @@ and every baseline, is scored by the same lines of code.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -82,3 +83,21 @@ def by_bucket(
 def relative(new: float, base: float) -> float | None:
     """``new`` over ``base`` minus one; ``None`` when the base is zero."""
     return None if base == 0 else new / base - 1.0
+
+
+def churn(
+    lists: npt.NDArray[np.int64], sessions: npt.NDArray[np.int64], positions: npt.NDArray[np.int64], k: int
+) -> float:
+    """Mean churn@k between consecutive lists of a session: the share of each list's top ``k``
+    that was not in the list before it (0 = the user sees the same items, 1 = all new)."""
+    order = np.lexsort((positions, sessions))
+    total, count = 0.0, 0
+    for a, b in itertools.pairwise(order.tolist()):
+        if sessions[a] != sessions[b]:
+            continue
+        before = set(lists[a, :k][lists[a, :k] >= 0].tolist())
+        now = lists[b, :k][lists[b, :k] >= 0]
+        if len(now):
+            total += sum(1 for i in now.tolist() if i not in before) / len(now)
+            count += 1
+    return total / count if count else 0.0

@@ -16,7 +16,17 @@ from typing import Any
 
 from insession.evaluation.evaluate import ENGINE_NAMES, EvalResult
 
-TABLE_KEYS = ("HR@10", "MRR@10", "NDCG@10", "HR@20", "MRR@20", "NDCG@20", "coverage@20", "popularity@20")
+TABLE_KEYS = (
+    "HR@10",
+    "MRR@10",
+    "NDCG@10",
+    "HR@20",
+    "MRR@20",
+    "NDCG@20",
+    "coverage@20",
+    "popularity@20",
+    "churn@20",
+)
 
 
 def _fmt(value: float | None, pct: bool = False) -> str:
@@ -54,6 +64,35 @@ def _plot(result: EvalResult, which: str, xlabel: str, path: Path) -> bool:
     fig.legend(handles, names, fontsize=8, loc="lower center", ncol=min(len(names), 4), frameon=False)
     fig.suptitle(f"HR@20 and MRR@20 by {xlabel}", fontsize=11)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _plot_churn(curve: Sequence[dict[str, Any]], path: Path) -> bool:
+    """Relevance (HR@20, MRR@20) against churn@20, one point per churn budget."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
+    xs = [p["churn@20"] for p in curve]
+    for key, marker in (("HR@20", "o"), ("MRR@20", "s")):
+        ax.plot(xs, [p[key] for p in curve], marker=marker, linestyle="", label=key)
+        for p in curve:
+            ax.annotate(
+                str(p["budget"]), (p["churn@20"], p[key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+    ax.set_xlabel("churn@20 between consecutive lists of a session")
+    ax.set_ylabel("relevance")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Relevance vs churn, one point per churn budget", fontsize=11)
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return True
@@ -103,7 +142,7 @@ def markdown(result: EvalResult, plots: Sequence[str], title: str) -> str:
         "`insession` is the engine as served (joint); `insession/session-only` drops the user's earlier "
         "sessions, `insession/long-term-only` drops the current session. Coverage@20 is the share of the "
         "catalog shown in any list; popularity@20 the mean training popularity of listed items relative to "
-        "the most popular item.",
+        "the most popular item; churn@20 the share of a list's top 20 not in the session's previous list.",
         "",
         "## Comparisons (relative)",
         "",
@@ -114,6 +153,29 @@ def markdown(result: EvalResult, plots: Sequence[str], title: str) -> str:
         _table(["", "count"], [[a, str(b)] for a, b in counts]),
         "",
     ]
+    curve = run.get("churn_curve")
+    if curve:
+        parts += [
+            "## Relevance vs churn",
+            "",
+            "Each row replays the joint engine with a churn budget against the list it showed for the "
+            "session's previous pair (`keep_top` positions held unless beaten by 0.5 in score, at most "
+            "`max_new` new items); churn@20 is the share of a list's top 20 not in the list before it.",
+            "",
+            _table(
+                ["budget", "keep_top", "max_new", "churn@20", "HR@20", "MRR@20", "NDCG@20"],
+                [
+                    [
+                        str(p["budget"]),
+                        str(p.get("keep_top", 0)),
+                        str(p.get("max_new", "-")),
+                        *(_fmt(p[k]) for k in ("churn@20", "HR@20", "MRR@20", "NDCG@20")),
+                    ]
+                    for p in curve
+                ],
+            ),
+            "",
+        ]
     for name in plots:
         parts += [f"![{name}]({name})", ""]
     if not plots:
@@ -198,6 +260,9 @@ def write(result: EvalResult, out: Path, title: str = "insession evaluation") ->
         if _plot(result, which, label, out / name):
             plots.append(name)
             written[f"plot_{which}"] = out / name
+    if result.run.get("churn_curve") and _plot_churn(result.run["churn_curve"], out / "churn.png"):
+        plots.append("churn.png")
+        written["plot_churn"] = out / "churn.png"
     text = markdown(result, plots, title)
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(_md_to_html(text, title))

@@ -87,6 +87,23 @@ class EngineRun:
     tiers: dict[str, int]
 
 
+def stability_surface(label: str, keep_top: int, max_new: int | None, keep_margin: float = 0.5) -> SurfaceConfig:
+    """The evaluation surface with a churn budget; its lists are reported under ``stable:<label>``."""
+    return replace(
+        EVAL_SURFACE, name=f"{EVAL_SURFACE.name}/{label}", keep_top=keep_top, max_new=max_new, keep_margin=keep_margin
+    )
+
+
+#: The churn budgets of the relevance-vs-churn curve (``evaluate --churn-curve``).
+CHURN_CURVE = (
+    stability_surface("keep3", keep_top=3, max_new=None),
+    stability_surface("new10", keep_top=0, max_new=10),
+    stability_surface("new5", keep_top=0, max_new=5),
+    stability_surface("keep5-new2", keep_top=5, max_new=2),
+    stability_surface("new0", keep_top=0, max_new=0),
+)
+
+
 def _replay(
     recommender: Recommender,
     plan: Plan,
@@ -96,9 +113,12 @@ def _replay(
     share: tuple[int, int],
     tick: Tick,
 ) -> tuple[dict[str, Lists], int, int, dict[str, int]]:
+    """Each variant's list for this worker's pairs. A variant ``stable:<label>`` is the joint state
+    on the surface ``evaluate/<label>``, with the list it produced for the session's previous pair
+    as what the user saw last."""
     worker, workers = share
     index = recommender.model.catalog.index
-    mine = [n for n in range(len(plan.pairs)) if n % workers == worker]
+    mine = [n for n in range(len(plan.pairs)) if plan.pairs[n].session % workers == worker]
     due: dict[int, list[int]] = defaultdict(list)
     for n in mine:
         due[plan.pairs[n].after].append(n)
@@ -106,6 +126,7 @@ def _replay(
     replay = Replay(session_cfg, plan.test_users)
     requests = reused = done = 0
     tiers: dict[str, int] = defaultdict(int)
+    shown: dict[tuple[str, int], tuple[str, ...]] = {}  # (variant, session) -> the last list
     for position, event in enumerate(plan.stream):
         replay.apply(position + 1, event)
         for n in due.get(position, ()):
@@ -113,6 +134,16 @@ def _replay(
             state = replay.state(event.user_id)
             answered: dict[int, Lists] = {}
             for variant in variants:
+                if variant.startswith("stable:"):
+                    surface = f"{EVAL_SURFACE.name}/{variant.removeprefix('stable:')}"
+                    req = RecommendRequest(event.user_id, surface, k, {}, f"eval-{n}-{variant}", pair.now_ms)
+                    previous = shown.get((variant, pair.session), ())
+                    response = recommender.recommend(req, state, replay.lookup, previous=previous)
+                    ids = tuple(i.item_id for i in response.items)
+                    shown[(variant, pair.session)] = ids
+                    lists[variant][n, : len(ids)] = [index[i] for i in ids]
+                    requests += 1
+                    continue
                 view = state_view(state, variant)
                 if id(view) in answered:
                     lists[variant][n] = answered[id(view)]
@@ -155,9 +186,11 @@ def run_engine(
     workers: int = 1,
     tick: Tick = lambda n: None,
 ) -> EngineRun:
-    """The engine's lists for every pair under each variant."""
-    if EVAL_SURFACE.name not in recommender.surfaces:
-        recommender.surfaces = {**recommender.surfaces, EVAL_SURFACE.name: EVAL_SURFACE}
+    """The engine's lists for every pair under each variant (a view of the state, or ``stable:<label>``
+    for a churn budget of ``CHURN_CURVE``)."""
+    extra = {s.name: s for s in (EVAL_SURFACE, *CHURN_CURVE) if s.name not in recommender.surfaces}
+    if extra:
+        recommender.surfaces = {**recommender.surfaces, **extra}
     started = time.perf_counter()
     workers = max(1, min(workers, len(plan.pairs) // 200 + 1))
     if workers == 1 or "fork" not in mp.get_all_start_methods():
@@ -194,7 +227,7 @@ def run_engine(
     requests = reused = 0
     all_tiers: dict[str, int] = defaultdict(int)
     for worker, (lists, req, reu, tier) in results.items():
-        rows = np.arange(worker, len(plan.pairs), workers)
+        rows = np.array([n for n, p in enumerate(plan.pairs) if p.session % workers == worker], dtype=np.int64)
         for v in variants:
             merged[v][rows] = lists[v][rows]
         requests += req
