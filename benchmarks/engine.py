@@ -13,11 +13,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=None, help="shoppers (default: one per 20 items)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine.json"))
     args = parser.parse_args()
     results = []
     for size in args.sizes:
-        figures = run_bench(size, args.requests, progress=lambda s, n=size: print(f"[{n}] {s}", flush=True))
+        figures = run_bench(
+            size, args.requests, users=args.users, progress=lambda s, n=size: print(f"[{n}] {s}", flush=True)
+        )
         print(json.dumps(figures))
         results.append(figures)
     args.out.parent.mkdir(parents=True, exist_ok=True)

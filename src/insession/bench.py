@@ -194,14 +194,17 @@ def run_bench(
     progress: Callable[[str], None] = lambda s: None,
     seconds: float = 60.0,
     sequence: bool = False,
+    users: int | None = None,
 ) -> dict[str, Any]:
+    """``users`` sets how many shoppers generate the training events (default: one per 20 items);
+    fewer keep a 1M-item catalog's training within minutes, most items then cold."""
     n_cat = len(CATEGORIES)
     per_cat = max(n_items // n_cat, 16)
     cfg = ShopConfig(
         n_categories=n_cat,
         items_per_category=per_cat,
         styles_per_category=max(per_cat // 12, 8),
-        n_users=max(300, n_items // 20),
+        n_users=users if users is not None else max(300, n_items // 20),
         seed=seed,
     )
     progress("generating the shop")
@@ -237,11 +240,11 @@ def run_bench(
             progress(f"driving the server from another process ({requests} steps or {seconds:.0f} s)")
             ctx = multiprocessing.get_context("spawn")
             queue = ctx.Queue()
-            users = sorted(shop.tastes)
+            shoppers = sorted(shop.tastes)
             items = [i.item_id for i in shop.items]
             start_ms = shop.events[-1].ts + 120_000
             driver = ctx.Process(
-                target=_drive_to_queue, args=(queue, port, users, items, start_ms, requests, seconds, seed)
+                target=_drive_to_queue, args=(queue, port, shoppers, items, start_ms, requests, seconds, seed)
             )
             driver.start()
             figures = queue.get(timeout=seconds * 3 + 120)
@@ -257,6 +260,8 @@ def run_bench(
     p50, bare50 = figures["recommend_p50_ms"], figures["bare_p50_ms"]
     return {
         "items": len(model.catalog),
+        "items_with_embedding": model.stats.get("items_with_embedding"),
+        "users": cfg.n_users,
         "events": len(shop.events),
         "requests": figures["steps"],
         **{k: v for k, v in figures.items() if k != "steps"},

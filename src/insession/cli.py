@@ -399,6 +399,9 @@ def bench(
         float, typer.Option(help="Time limit of the mixed phase (and of the ingest phase, max 10 s).")
     ] = 60.0,
     sequence: Annotated[bool, typer.Option(help="Train the sequence model too (torch extra).")] = False,
+    users: Annotated[
+        int | None, typer.Option(help="Shoppers generating the training events (default: one per 20 items).")
+    ] = None,
 ) -> None:
     """Start the real server on loopback, drive it from another process, write latency and throughput."""
     from insession.bench import run_bench, write
@@ -412,6 +415,7 @@ def bench(
                 requests,
                 seconds=seconds,
                 sequence=sequence,
+                users=users,
                 progress=lambda stage: status.update(f"benchmark: {stage}"),
             )
         write(figures, out)

@@ -170,8 +170,12 @@ class Recommender:
     ) -> None:
         self.model = model
         self.clock = clock
-        #: Measured cost of the learned ranker per candidate row (seconds), a moving average.
+        #: Measured cost of the learned ranker per candidate row (seconds), a moving average. When
+        #: it says nothing fits, it is lowered a little on every request that skipped the ranker,
+        #: so the ranker is tried again (and re-measured) once a slow spell has passed.
         self.rank_cost_s = 2e-6
+        #: Test hook: called where the learned ranker runs (a fault test makes it sleep).
+        self.ranking_hook: Callable[[], None] | None = None
         self.session_timeout_ms = session_timeout_ms
         self.surfaces = surfaces
         self.cfg = cfg or PipelineConfig()
@@ -292,6 +296,7 @@ class Recommender:
             if fits < MIN_RANKED:
                 served = "fast"  # no time left for the learned ranker at all
                 cut.append("ranking")
+                self.rank_cost_s *= 0.9
             elif fits < len(merged):
                 merged = merged[:fits]  # merge order: the sources' best first
                 cut.append("ranking")
@@ -299,17 +304,23 @@ class Recommender:
             served = "fast"  # a model trained without a ranker
         if served == "full":
             assert self.learned is not None
+            if self.ranking_hook is not None:
+                self.ranking_hook()
             x = self.features(ctx, merged, activity)
             scores = self.learned.score(x).tolist()
-            self.rank_cost_s = 0.9 * self.rank_cost_s + 0.1 * (clock() - t2) / max(len(merged), 1)
+            measured = (clock() - t2) / max(len(merged), 1)
+            # Pessimistic: a slower measurement is believed at once, a faster one gradually.
+            self.rank_cost_s = measured if measured > self.rank_cost_s else 0.9 * self.rank_cost_s + 0.1 * measured
         elif served == "fast":
             scores = self.simple.score(ctx, merged)
         else:
             pop = self.model.popularity
             scores = [float(pop[m.item]) for m in merged]
         ids = self.model.catalog.ids
-        ranked = [Ranked(ids[m.item], m.item, s, tuple(sorted(m.sources))) for m, s in zip(merged, scores, strict=True)]
-        ranked.sort(key=lambda r: (-r.score, r.item))
+        ranked = [
+            Ranked(ids[merged[n].item], merged[n].item, scores[n], tuple(sorted(merged[n].sources)))
+            for n in self._best(merged, scores, req.k, state, previous)
+        ]
         t3 = clock()
         timings["ranking"] = (t3 - t2) * 1000
         kept, removed = apply_rules(ctx, surface, ranked)
@@ -336,6 +347,35 @@ class Recommender:
             candidate_ids=tuple(ids[m.item] for m in merged),
             features=x,
         )
+
+    def _best(
+        self,
+        merged: Sequence[Merged],
+        scores: Sequence[float],
+        k: int,
+        state: SessionState | None,
+        previous: Sequence[str],
+    ) -> list[int]:
+        """Positions in ``merged`` of the candidates re-ranking can need, best first (ties by item
+        index): the top ``k`` plus one for every item a rule could remove (purchased, dismissed,
+        cart, seen, the current item), plus every item shown before (for the churn budget). The
+        rules then keep exactly the top ``k`` they would keep from the whole list, without a
+        Python object for each of hundreds of candidates."""
+        n = len(merged)
+        items = np.fromiter((m.item for m in merged), dtype=np.int64, count=n)
+        order = np.lexsort((items, -np.asarray(scores, dtype=np.float64)))
+        need = k + 1
+        if state is not None:
+            need += len(state.purchased) + len(state.dismissed) + len(state.cart) + len(state.events)
+            need += len(state.history)
+        if need >= n:
+            return [int(p) for p in order]
+        top: list[int] = order[:need].tolist()
+        if previous:  # score order is kept: these all rank below the first ``need``
+            index = self.model.catalog.index
+            wanted = {index[i] for i in previous if i in index}
+            top += [int(p) for p in order[need:] if int(items[p]) in wanted]
+        return top
 
     def _with_shown(self, merged: list[Merged], previous: Sequence[str]) -> list[Merged]:
         """The items shown last, as candidates too (tagged ``shown``): a churn budget can only keep

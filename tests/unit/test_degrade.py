@@ -3,13 +3,14 @@ step down on a slow p99 and back up after a healthy hold."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import pytest
 
 from insession.candidates.base import Candidate, RequestContext
 from insession.clock import ManualClock
-from insession.config import SessionConfig, SurfaceConfig
+from insession.config import SessionConfig, Settings, SurfaceConfig
 from insession.datasets.synthetic import SyntheticShop
 from insession.engine import Engine
 from insession.model import ModelBundle
@@ -156,3 +157,43 @@ def test_surface_settings_are_validated_by_name() -> None:
         SurfaceConfig("home", recover_ratio=0)
     with pytest.raises(ValidationError, match=r"surfaces\.home\.degrade_window"):
         SurfaceConfig("home", degrade_window=3)
+
+
+def test_a_slow_ranker_is_routed_around_and_full_returns_after_the_fault(
+    settings: Settings, model: ModelBundle, clock: ManualClock, shop: SyntheticShop
+) -> None:
+    """The fault the issue names: a hook sleeps in ranking. Real time, small numbers."""
+    surface = SurfaceConfig(
+        "home", budget_ms=50, degrade_p99_ms=40, degrade_window=10, recover_ratio=0.5, recover_hold_s=0.2
+    )
+    engine = Engine.open(settings.with_(surfaces={"home": surface}), model=model, clock=clock)
+    slept = [0]
+
+    def slow() -> None:
+        slept[0] += 1
+        time.sleep(0.15)
+
+    user = shop.events[-1].user_id
+    engine.ingest([e for e in shop.events if e.user_id == user][-5:])
+    engine.recommender.ranking_hook = slow
+    served = []
+    for _ in range(40):
+        started = time.perf_counter()
+        response = engine.recommend(RecommendRequest(user, "home", 10))
+        served.append((response.tier, time.perf_counter() - started))
+    # The ranker's measured cost says it cannot finish in the budget: after the first slow calls
+    # it is skipped, so responses come back well before the 150 ms the fault costs.
+    assert slept[0] <= 6, served
+    late = served[10:]
+    assert all(tier in ("fast", "popular") for tier, _ in late), late
+    assert sum(1 for _, seconds in late if seconds >= 0.15) <= 3
+    assert engine.tiers.tier("home") in ("fast", "popular")
+    engine.recommender.ranking_hook = None  # the fault clears
+    tiers = []
+    for _ in range(400):
+        tiers.append(engine.recommend(RecommendRequest(user, "home", 10)).tier)
+        if tiers[-1] == "full":
+            break
+        time.sleep(0.01)
+    assert tiers[-1] == "full", tiers[-20:]
+    engine.log.close()
