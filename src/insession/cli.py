@@ -419,8 +419,12 @@ def bench(
                 progress=lambda stage: status.update(f"benchmark: {stage}"),
             )
         write(figures, out)
+        table = Table(title=f"insession bench: {figures['items']} items, {figures['requests']} mixed steps")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
         for key, value in figures.items():
-            console.print(f"{key:>24}: {value}")
+            table.add_row(key, str(value))
+        console.print(table)
         console.print(f"written to {out}")
 
 

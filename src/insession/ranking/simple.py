@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from insession.candidates.base import RequestContext
 from insession.candidates.merge import Merged
 
@@ -21,9 +23,10 @@ class SimpleScorer:
 
     def score(self, ctx: RequestContext, merged: Sequence[Merged]) -> list[float]:
         pop = ctx.model.popularity
-        cov_max = max((m.sources.get("covisit", 0.0) for m in merged), default=0.0) or 1.0
+        n = len(merged)
+        covisit = np.fromiter((m.sources.get("covisit", 0.0) for m in merged), dtype=np.float64, count=n)
+        items = np.fromiter((m.item for m in merged), dtype=np.int64, count=n)
+        cov_max = float(covisit.max()) if n and covisit.max() > 0 else 1.0
         pop_max = float(pop.max()) if len(pop) and pop.max() > 0 else 1.0
-        return [
-            m.sources.get("covisit", 0.0) / cov_max + self.popularity_weight * float(pop[m.item]) / pop_max
-            for m in merged
-        ]
+        scores = covisit / cov_max + self.popularity_weight * pop[items].astype(np.float64) / pop_max
+        return [float(v) for v in scores]
