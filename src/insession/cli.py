@@ -21,7 +21,7 @@ from rich.table import Table
 from insession.clock import DAY_MS, SystemClock
 from insession.config import Settings
 from insession.datasets import FORMATS, LoadStats, load_events
-from insession.engine import Engine
+from insession.engine import LOG_FILE, SNAPSHOT_FILE, Engine
 from insession.errors import FieldError, InsessionError, ValidationError
 from insession.evaluation import EvalOptions, Split, report, time_split
 from insession.evaluation import evaluate as evaluate_split
@@ -30,6 +30,7 @@ from insession.evaluation.evaluate import ALL_VARIANTS
 from insession.evaluation.protocol import time_ordered
 from insession.evaluation.runner import default_workers
 from insession.events import Event
+from insession.explain import Explainer
 from insession.model import ModelBundle
 from insession.pipeline import RecommendRequest, RecommendResponse
 from insession.sequence.train import SequenceConfig, torch_missing
@@ -426,6 +427,135 @@ def bench(
             table.add_row(key, str(value))
         console.print(table)
         console.print(f"written to {out}")
+
+
+def _explainer(model: Path, data_dir: Path | None, config: Path | None) -> tuple[Explainer, Settings]:
+    from insession.log.sqlite import SqliteEventLog
+    from insession.manifest import REQUEST_LOG_FILE, RequestLog
+
+    settings = _settings(config, model_dir=model, data_dir=data_dir)
+    for name in (LOG_FILE, REQUEST_LOG_FILE):
+        if not (settings.data_dir / name).is_file():
+            raise ValidationError([FieldError("data_dir", f"a directory holding {name}", str(settings.data_dir))])
+    bundle = ModelBundle.load(model)
+    log = SqliteEventLog(settings.data_dir / LOG_FILE)
+    requests = RequestLog(settings.data_dir / REQUEST_LOG_FILE)
+    return Explainer(bundle, settings, log, requests), settings
+
+
+@app.command()
+def explain(
+    request_id: Annotated[str, typer.Argument(help="The request_id of a served list.")],
+    model: Annotated[Path, typer.Option(help="The model directory that served it.")],
+    data_dir: Annotated[Path | None, typer.Option(help="Where the event log and request log live.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file (the surfaces it was served with).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")] = False,
+) -> None:
+    """Recompute a served list from its manifest and the event log; say why each item is there.
+
+    Exits 1, with the difference, if the recomputed list is not the one served."""
+    import json
+
+    with _errors():
+        explainer, _ = _explainer(model, data_dir, config)
+        result = explainer.explain(request_id)
+        if as_json:
+            console.print_json(json.dumps(result.to_dict()))
+        else:
+            m = result.manifest
+            console.print(
+                f"request {request_id}: user {m['user_id']}, surface {m['surface']}, k {m['k']}, log position "
+                f"{m['log_position']}, session_version {m['session_version']}, tier {result.tier}"
+                + (f", cut {', '.join(result.cut)}" if result.cut else "")
+                + (f"\n{result.note}" if result.note else "")
+            )
+            table = Table(title_justify="left")
+            for col in ("#", "item", "score", "sources", "top contributions"):
+                table.add_column(col)
+            for item in result.items:
+                sources = ", ".join(f"{k} {v:.3g}" for k, v in item.sources.items())
+                top = ", ".join(f"{k} {v:+.3f}" for k, v in list(item.contributions.items())[:4])
+                table.add_row(
+                    str(item.position), item.item_id, f"{item.score:.4f}", sources, top + "".join(item.moved_by)
+                )
+            console.print(table)
+            for rule, removed in result.removed_by_rule.items():
+                console.print(f"rule {rule} removed {len(removed)}: {', '.join(removed[:8])}")
+        if not result.identical:
+            if not as_json:
+                console.print("[red]recomputed list differs from the served one:[/red]")
+                for line in result.diff:
+                    console.print(f"  {line}")
+            raise typer.Exit(1)
+        if not as_json:
+            console.print("identical: the recomputed list is the served list")
+
+
+@app.command()
+def diff(
+    request_id: Annotated[str, typer.Argument(help="The request_id of a served list.")],
+    model: Annotated[Path, typer.Option(help="The model directory that served it.")],
+    other: Annotated[Path, typer.Option(help="Another model directory to compare with.")],
+    data_dir: Annotated[Path | None, typer.Option(help="Where the event log and request log live.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+) -> None:
+    """The same request, at the same moment, under two model versions, side by side."""
+    with _errors():
+        explainer, settings = _explainer(model, data_dir, config)
+        manifest = explainer.manifest(request_id)
+        first = explainer.recompute(manifest)
+        second = Explainer(ModelBundle.load(other), settings, explainer.log, explainer.requests).recompute(manifest)
+        table = Table(title=f"request {request_id}", title_justify="left")
+        table.add_column("#")
+        table.add_column(f"model {explainer.model.version}")
+        table.add_column(f"model {ModelBundle.load(other).version}")
+        for n in range(max(len(first.items), len(second.items))):
+            a = first.items[n].item_id if n < len(first.items) else ""
+            b = second.items[n].item_id if n < len(second.items) else ""
+            table.add_row(str(n + 1), a, b if b != a else f"[dim]{b}[/dim]")
+        console.print(table)
+        shared = len({i.item_id for i in first.items} & {i.item_id for i in second.items})
+        console.print(f"{shared} of {len(first.items)} items in both lists")
+
+
+@app.command()
+def replay(
+    data_dir: Annotated[Path | None, typer.Option(help="Where the event log and the state snapshot live.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file (the session timeout).")] = None,
+) -> None:
+    """Rebuild every session state and item activity from the event log and compare them, byte for
+    byte, with the live state's snapshot at the same log position. Exits 1 on any difference."""
+    from insession.clock import ManualClock
+    from insession.features.activity import NAMESPACE
+    from insession.log.sqlite import SqliteEventLog
+    from insession.replay import check
+    from insession.store.memory import MemoryFeatureStore
+
+    with _errors():
+        settings = _settings(config, data_dir=data_dir)
+        snapshot = settings.data_dir / SNAPSHOT_FILE
+        if not snapshot.is_file():
+            raise ValidationError(
+                [FieldError("data_dir", f"a directory holding {SNAPSHOT_FILE}", str(settings.data_dir))]
+            )
+        store = MemoryFeatureStore(ManualClock(0))  # compare everything, expired or not
+        store.load(snapshot)
+        users = {u: s.to_bytes() for u in store.users() if (s := store.get_session(u)) is not None}
+        keys = store.keys(NAMESPACE)
+        items = {k: v for k, v in zip(keys, store.get_many(NAMESPACE, keys), strict=True) if v is not None}
+        log = SqliteEventLog(settings.data_dir / LOG_FILE)
+        with console.status("replaying the event log"):
+            result = check(log.read(), store.applied_position(), settings.session, users, items)
+        log.close()
+        console.print(
+            f"replayed {result.position} events: {result.users} users, {result.items} items; "
+            f"{len(result.differing_users)} users and {len(result.differing_items)} items differ from the snapshot"
+        )
+        if not result.identical:
+            console.print(f"differing users: {', '.join(result.differing_users[:10])}")
+            console.print(f"differing items: {', '.join(result.differing_items[:10])}")
+            raise typer.Exit(1)
+        console.print("identical: the log rebuilds the live state byte for byte")
 
 
 def main() -> None:

@@ -137,6 +137,8 @@ class Settings:
     state_ttl_s: int = 30 * 24 * 3600
     snapshot_every_events: int = 50_000
     max_batch_events: int = 1000
+    #: Request manifests kept (the oldest beyond this are pruned).
+    request_log_retention: int = 1_000_000
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -203,7 +205,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
     for key in ("store", "host"):
         if key in doc:
             out[key] = str(doc[key])
-    for key in ("port", "state_ttl_s", "snapshot_every_events", "max_batch_events"):
+    for key in ("port", "state_ttl_s", "snapshot_every_events", "max_batch_events", "request_log_retention"):
         if key in doc:
             out[key] = int(doc[key])
     if "data_dir" in doc:

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,16 @@ import numpy.typing as npt
 
 from insession.clock import Clock, SystemClock
 from insession.config import Settings
-from insession.errors import FieldError, SnapshotCorrupt
+from insession.errors import FieldError, NotFound, SnapshotCorrupt
 from insession.events import Event, validate_event
+from insession.explain import Explainer, Explanation
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.activity import ItemActivity, bump
 from insession.features.profile import build_profile
 from insession.freshness import ListCache, ShownLists
 from insession.log import AppendResult, EventLog
 from insession.log.sqlite import SqliteEventLog
+from insession.manifest import REQUEST_LOG_FILE, Manifest, RequestLog, config_hash, seed_of
 from insession.model import ModelBundle
 from insession.pipeline import Recommender, RecommendRequest, RecommendResponse
 from insession.rerank import churn_at_k
@@ -79,8 +81,18 @@ class Engine:
         store: MemoryFeatureStore,
         clock: Clock | None = None,
         snapshot_path: Path | None = None,
+        requests: RequestLog | None = None,
     ) -> None:
         self.settings = settings
+        #: Where every served request's manifest goes (``None``: not recorded).
+        self.requests = requests
+        #: A content hash of what, besides the model, decides a list: surfaces and pipeline settings.
+        self.config_version = config_hash(
+            {
+                "surfaces": {k: asdict(v) for k, v in sorted(settings.surfaces.items())},
+                "session": asdict(settings.session),
+            }
+        )
         self.model = model
         self.log = log
         self.store = store
@@ -118,7 +130,8 @@ class Engine:
             except SnapshotCorrupt as exc:
                 logger.warning("%s; rebuilding state from the event log", exc)
                 store = MemoryFeatureStore(clock)
-        engine = cls(settings, model, log, store, clock, snapshot)
+        requests = RequestLog(data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
+        engine = cls(settings, model, log, store, clock, snapshot, requests)
         engine.catch_up(progress)
         return engine
 
@@ -209,9 +222,16 @@ class Engine:
             req = replace(req, request_id=req.request_id or uuid.uuid4().hex, now_ms=req.now_ms or self.clock.now_ms())
         started = time.perf_counter()
         surface = self.recommender.surface(req.surface)
-        state = self.store.get_session(req.user_id)
-        previous = self.shown.previous(req, state)
-        kept = self.lists.lookup(surface, req, state, lambda: self._intent(req, state))
+        # Under the ingest lock: the state, the item activity the ranker reads and the log
+        # position the manifest records all describe the same moment.
+        with self._lock:
+            position = self.store.applied_position()
+            state = self.store.get_session(req.user_id)
+            previous = self.shown.previous(req, state)
+            kept = self.lists.lookup(surface, req, state, lambda: self._intent(req, state))
+            tier = self.tiers.tier(req.surface)
+            if kept is None:
+                response = self.recommender.recommend(req, state, self.activity, tier, previous)
         if kept is not None:
             response = replace(
                 kept.response,
@@ -221,13 +241,53 @@ class Engine:
                 timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)},
             )
         else:
-            tier = self.tiers.tier(req.surface)
-            response = self.recommender.recommend(req, state, self.activity, tier, previous)
             self.lists.store(surface, req, state, response.intent, response)
             self.tiers.record(req.surface, (time.perf_counter() - started) * 1000)
         ids = [i.item_id for i in response.items]
         self.shown.remember(req, state, ids)
+        if self.requests is not None:
+            origin = kept.response.request_id if kept is not None else None
+            self.requests.write(self._manifest(req, state, position, tier, previous, response, origin))
         return replace(response, churn=churn_at_k(previous, ids, req.k) if previous else None)
+
+    def _manifest(
+        self,
+        req: RecommendRequest,
+        state: SessionState | None,
+        position: int,
+        tier: str,
+        previous: Sequence[str],
+        response: RecommendResponse,
+        origin: str | None,
+    ) -> Manifest:
+        version = state.session_version if state else 0
+        return Manifest(
+            request_id=req.request_id,
+            user_id=req.user_id,
+            surface=req.surface,
+            k=req.k,
+            context=dict(req.context),
+            now_ms=req.now_ms,
+            log_position=position,
+            session_version=version,
+            model_version=self.model.version,
+            config=self.config_version,
+            seed=seed_of(req.request_id, version),
+            tier_asked=tier,
+            tier=response.tier,
+            cut=list(response.cut),
+            skipped_sources=list(response.skipped_sources),
+            ranked_rows=response.ranked_rows,
+            previous=list(previous),
+            items=[i.item_id for i in response.items],
+            cached_from=origin,
+        )
+
+    def explain(self, request_id: str) -> Explanation:
+        """Recompute a served list from its manifest and the event log (see ``insession.explain``)."""
+        if self.requests is None:
+            raise NotFound("request_id: this engine keeps no request manifests")
+        return Explainer(self.model, self.settings, self.log, self.requests).explain(request_id)
 
     def _intent(self, req: RecommendRequest, state: SessionState | None) -> npt.NDArray[np.float32]:
         """The current session embedding, for deciding whether a kept list still fits."""
@@ -247,3 +307,5 @@ class Engine:
     def close(self) -> None:
         self.snapshot()
         self.log.close()
+        if self.requests is not None:
+            self.requests.close()

@@ -68,6 +68,18 @@ MIN_RANKED = 50
 
 
 @dataclass(frozen=True, slots=True)
+class Forced:
+    """The moment-dependent decisions of a served request, replayed instead of re-decided: the
+    tier it was served at, the sources its deadline skipped, how many candidates the learned
+    ranker scored (``None``: all), and the stages it reported cut."""
+
+    tier: str
+    skipped_sources: tuple[str, ...] = ()
+    ranked_rows: int | None = None
+    cut: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RecommendRequest:
     user_id: str
     surface: str = "home"
@@ -105,6 +117,8 @@ class RecommendResponse:
     skipped_sources: tuple[str, ...] = ()
     #: Items the surface's churn budget moved or held against the list shown before.
     stabilised: tuple[str, ...] = ()
+    #: How many candidates the learned ranker scored when the ranking deadline truncated them.
+    ranked_rows: int | None = None
     #: Served again from the freshness cache (``session``/``batch`` surfaces) instead of computed.
     cached: bool = False
     #: Share of the top k that is new since the list last shown in this session (None: first list).
@@ -228,13 +242,16 @@ class Recommender:
             profile=profile,
         )
 
-    def gather(self, ctx: RequestContext, deadline: float = math.inf) -> tuple[list[Merged], tuple[str, ...]]:
+    def gather(
+        self, ctx: RequestContext, deadline: float = math.inf, skip: tuple[str, ...] = ()
+    ) -> tuple[list[Merged], tuple[str, ...]]:
         """Every source's candidates, merged under the per-source quotas; sources not yet asked
-        when ``deadline`` (on ``self.clock``) passes are skipped and returned as the second value."""
+        when ``deadline`` (on ``self.clock``) passes, and those in ``skip``, are skipped and
+        returned as the second value."""
         lists: list[tuple[str, list[Candidate]]] = []
         skipped: list[str] = []
         for src in self.sources:
-            if lists and src.name not in FLOOR_SOURCES and self.clock() > deadline:
+            if src.name in skip or (lists and src.name not in FLOOR_SOURCES and self.clock() > deadline):
                 skipped.append(src.name)
                 continue
             lists.append((src.name, src.candidates(ctx, self.cfg.quotas.get(src.name, self.cfg.candidate_limit))))
@@ -253,9 +270,11 @@ class Recommender:
         activity: ActivityLookup = no_activity,
         tier: str = "full",
         previous: Sequence[str] = (),
+        forced: Forced | None = None,
     ) -> RecommendResponse:
         """One list. ``tier`` is the best tier to try; ``previous`` is what this user was last
-        shown on this surface in this session, for the surface's churn budget."""
+        shown on this surface in this session, for the surface's churn budget. ``forced`` replays
+        a served request's moment-dependent decisions (no clock, no deadline): explain uses it."""
         surface = self.surface(req.surface)
         if not 1 <= req.k <= surface.max_k:
             raise ValidationError([FieldError("k", f"an integer 1..{surface.max_k}", describe(req.k))])
@@ -267,7 +286,9 @@ class Recommender:
         share = 0.0
         for stage, part in STAGE_SHARES.items():
             share += part
-            deadlines[stage] = t0 + surface.budget_ms / 1000.0 * share
+            deadlines[stage] = math.inf if forced else t0 + surface.budget_ms / 1000.0 * share
+        if forced is not None:
+            tier = forced.tier
         timings: dict[str, float] = {}
         cut: list[str] = []
         skipped: tuple[str, ...] = ()
@@ -281,7 +302,7 @@ class Recommender:
             t1 = clock()
             if t1 > deadlines["features"]:
                 cut.append("features")
-            merged, skipped = self.gather(ctx, deadlines["candidates"])
+            merged, skipped = self.gather(ctx, deadlines["candidates"], forced.skipped_sources if forced else ())
             if skipped:
                 cut.append("candidates")
         if previous and (surface.keep_top > 0 or surface.max_new is not None):
@@ -290,7 +311,12 @@ class Recommender:
         timings["features"] = (t1 - t0) * 1000
         timings["candidates"] = (t2 - t1) * 1000
         served = tier
-        if tier == "full" and self.learned is not None:
+        ranked_rows: int | None = None
+        if forced is not None:
+            if forced.ranked_rows is not None:
+                merged = merged[: forced.ranked_rows]
+                ranked_rows = forced.ranked_rows
+        elif tier == "full" and self.learned is not None:
             room = deadlines["ranking"] - t2
             fits = len(merged) if math.isinf(room) else int(room / self.rank_cost_s)
             if fits < MIN_RANKED:
@@ -299,6 +325,7 @@ class Recommender:
                 self.rank_cost_s *= 0.9
             elif fits < len(merged):
                 merged = merged[:fits]  # merge order: the sources' best first
+                ranked_rows = fits
                 cut.append("ranking")
         elif tier == "full":
             served = "fast"  # a model trained without a ranker
@@ -308,9 +335,11 @@ class Recommender:
                 self.ranking_hook()
             x = self.features(ctx, merged, activity)
             scores = self.learned.score(x).tolist()
-            measured = (clock() - t2) / max(len(merged), 1)
-            # Pessimistic: a slower measurement is believed at once, a faster one gradually.
-            self.rank_cost_s = measured if measured > self.rank_cost_s else 0.9 * self.rank_cost_s + 0.1 * measured
+            if forced is None:
+                measured = (clock() - t2) / max(len(merged), 1)
+                # Pessimistic: a slower measurement is believed at once, a faster one gradually.
+                slower = measured > self.rank_cost_s
+                self.rank_cost_s = measured if slower else 0.9 * self.rank_cost_s + 0.1 * measured
         elif served == "fast":
             scores = self.simple.score(ctx, merged)
         else:
@@ -340,9 +369,10 @@ class Recommender:
             tier=served,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             removed_by_rule=removed,
-            cut=tuple(cut),
+            cut=forced.cut if forced is not None else tuple(cut),
             skipped_sources=skipped,
             stabilised=tuple(moved),
+            ranked_rows=ranked_rows,
             intent=ctx.profile.session_embedding if ctx.profile is not None else None,
             candidate_ids=tuple(ids[m.item] for m in merged),
             features=x,

@@ -15,7 +15,7 @@ action, nor any event from after its own time.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from insession.config import SessionConfig
@@ -74,3 +74,41 @@ def request_points(
                 due[prev].append(RequestPoint(i, prev, events[prev].ts))
         previous[event.user_id] = i
     return dict(due)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayCheck:
+    """A replay of the event log compared with a persisted live state at the same log position."""
+
+    position: int
+    users: int
+    items: int
+    differing_users: list[str]
+    differing_items: list[str]
+
+    @property
+    def identical(self) -> bool:
+        return not self.differing_users and not self.differing_items
+
+
+def check(
+    events: Iterable[tuple[int, Event]],
+    position: int,
+    session_cfg: SessionConfig,
+    users: Mapping[str, bytes],
+    items: Mapping[str, bytes],
+) -> ReplayCheck:
+    """Fold ``events`` up to ``position`` and compare every user's state and every item's activity,
+    as canonical bytes, with the live ones (``users``/``items``: id -> serialised value)."""
+    replay = Replay(session_cfg)
+    for pos, event in events:
+        if pos > position:
+            break
+        replay.apply(pos, event)
+    bad_users = sorted(u for u in set(users) | set(replay.states) if users.get(u) != _bytes(replay.states.get(u)))
+    bad_items = sorted(i for i in set(items) | set(replay.activity) if items.get(i) != _bytes(replay.activity.get(i)))
+    return ReplayCheck(position, len(replay.states), len(replay.activity), bad_users, bad_items)
+
+
+def _bytes(value: SessionState | ItemActivity | None) -> bytes | None:
+    return None if value is None else value.to_bytes()

@@ -7,6 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from insession.clock import ManualClock
+from insession.config import Settings
+from insession.datasets.synthetic import SyntheticShop
+from insession.engine import Engine
+from insession.model import ModelBundle
+from insession.pipeline import RecommendRequest
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -74,3 +81,29 @@ def test_evaluate_writes_metrics_report_and_real_plots(tmp_path: Path) -> None:
 def test_evaluate_needs_train_and_test_or_data(tmp_path: Path) -> None:
     result = run("evaluate", "--train", str(tmp_path / "a.csv"), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "--train and --test" in result.stdout
+
+
+def test_explain_replay_and_diff_from_the_command_line(
+    tmp_path: Path, model: ModelBundle, shop: SyntheticShop, clock: ManualClock
+) -> None:
+    model_dir = tmp_path / "model"
+    model.save(model_dir)
+    data_dir = tmp_path / "data"
+    engine = Engine.open(Settings(data_dir=data_dir), model=model, clock=clock)
+    user = shop.events[-1].user_id
+    engine.ingest([e for e in shop.events if e.user_id == user][-6:])
+    served = engine.recommend(RecommendRequest(user, "home", 5))
+    engine.close()
+    ok = run("explain", served.request_id, "--model", str(model_dir), "--data-dir", str(data_dir))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "identical" in ok.stdout and served.items[0].item_id in ok.stdout
+    as_json = run("explain", served.request_id, "--model", str(model_dir), "--data-dir", str(data_dir), "--json")
+    assert json.loads(as_json.stdout)["identical"] is True
+    missing = run("explain", "nope", "--model", str(model_dir), "--data-dir", str(data_dir))
+    assert missing.returncode != 0 and "request_id" in missing.stdout + missing.stderr
+    rebuilt = run("replay", "--data-dir", str(data_dir))
+    assert rebuilt.returncode == 0 and "identical" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+    side = run(
+        "diff", served.request_id, "--model", str(model_dir), "--other", str(model_dir), "--data-dir", str(data_dir)
+    )
+    assert side.returncode == 0 and "5 of 5 items in both lists" in side.stdout, side.stdout + side.stderr

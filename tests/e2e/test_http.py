@@ -118,3 +118,19 @@ def test_healthz_and_metrics(client: httpx.Client, clock: ManualClock) -> None:
     text = client.get("/metrics").text
     assert 'insession_events_total{outcome="accepted"} 1.0' in text
     assert "insession_recommend_seconds_count" in text
+
+
+def test_explain_over_http_recomputes_the_served_list(client: httpx.Client, clock: ManualClock) -> None:
+    events = [
+        {"event_id": f"x{n}", "user_id": "explained", "type": "click", "item_id": f"i0000{n}", "ts": clock.now_ms() + n}
+        for n in range(1, 4)
+    ]
+    assert client.post("/v1/events", json={"events": events}).status_code == 200
+    served = client.post("/v1/recommendations", json={"user_id": "explained", "k": 5}).json()
+    explained = client.get(f"/v1/explain/{served['request_id']}")
+    assert explained.status_code == 200, explained.text
+    body = explained.json()
+    assert body["identical"] is True and body["served"] == [i["item_id"] for i in served["items"]]
+    assert body["items"][0]["sources"] and body["manifest"]["log_position"] >= 3
+    missing = client.get("/v1/explain/unknown-request")
+    assert missing.status_code == 404 and "request_id" in missing.json()["error"]

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -155,6 +155,12 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
             return JSONResponse(
                 {"request_id": "bare", "items": BARE_ITEMS[: body.k], "session_version": 0, "tier": "bare"}
             )
+
+    @app.get("/v1/explain/{request_id}")
+    def get_explain(request_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
+        """The served list recomputed from its manifest and the event log: per item its sources,
+        key features, score and contributions, the rules applied, and whether it is identical."""
+        return engine.explain(request_id).to_dict()
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

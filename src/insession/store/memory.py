@@ -69,6 +69,10 @@ class MemoryFeatureStore:
     def set_applied_position(self, position: int) -> None:
         self._position = position
 
+    def keys(self, namespace: str) -> list[str]:
+        """Every key of ``namespace`` (expired ones included), sorted."""
+        return sorted(self._kv.get(namespace, {}))
+
     # -- housekeeping -------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._sessions)

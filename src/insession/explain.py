@@ -1,0 +1,168 @@
+"""Recompute a served list from its manifest and the event log, and say why each item is there.
+
+The state is rebuilt by folding the event log up to the manifest's position with the engine's own
+folds (``replay.Replay``), and the list is recomputed by the same ``Recommender.recommend`` with
+the request's moment-dependent decisions replayed (``Forced``: tier, skipped sources, ranked
+rows) instead of re-decided, and the list the user had seen before. If the recomputed list is not
+the served one, the explanation says so and shows where they part (``identical: false``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from insession.config import Settings
+from insession.errors import ModelError, NotFound
+from insession.log import EventLog
+from insession.manifest import Manifest, RequestLog
+from insession.model import ModelBundle
+from insession.pipeline import Forced, Recommender, RecommendRequest, RecommendResponse
+from insession.ranking.features import FEATURE_NAMES, SOURCE_COLUMNS
+from insession.replay import Replay
+
+TOP_FEATURES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class ItemExplanation:
+    item_id: str
+    position: int
+    score: float
+    sources: dict[str, float]  # each source that proposed it, with that source's own score
+    features: dict[str, float]  # the features that moved its score most, with their values
+    contributions: dict[str, float]  # their contributions to the ranker's score (SHAP), if learned
+    moved_by: list[str]  # re-ranking steps that moved it (e.g. the churn budget)
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    request_id: str
+    identical: bool
+    served: list[str]
+    recomputed: list[str]
+    diff: list[str]
+    tier: str
+    cut: list[str]
+    items: list[ItemExplanation]
+    removed_by_rule: dict[str, list[str]]
+    manifest: dict[str, Any]
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _diff(served: Sequence[str], recomputed: Sequence[str]) -> list[str]:
+    lines = []
+    for n in range(max(len(served), len(recomputed))):
+        a = served[n] if n < len(served) else "(none)"
+        b = recomputed[n] if n < len(recomputed) else "(none)"
+        if a != b:
+            lines.append(f"position {n + 1}: served {a}, recomputed {b}")
+    return lines
+
+
+class Explainer:
+    """Explains manifests against one model and one event log; replays the log incrementally, so
+    explaining many requests in log order folds it once."""
+
+    def __init__(self, model: ModelBundle, settings: Settings, log: EventLog, requests: RequestLog) -> None:
+        self.model = model
+        self.settings = settings
+        self.log = log
+        self.requests = requests
+        self.recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
+        self._replay = Replay(settings.session)
+        self._position = 0
+
+    def _fold_to(self, position: int) -> None:
+        if position < self._position:
+            self._replay, self._position = Replay(self.settings.session), 0
+        for pos, event in self.log.read(after=self._position):
+            if pos > position:
+                break
+            self._replay.apply(pos, event)
+            self._position = pos
+        self._position = max(self._position, position)
+
+    def manifest(self, request_id: str) -> Manifest:
+        found = self.requests.get(request_id)
+        if found is None:
+            raise NotFound(f"request_id: no manifest for {request_id!r} (unknown, or pruned by retention)")
+        return found
+
+    def explain(self, request_id: str) -> Explanation:
+        served = self.manifest(request_id)
+        note = ""
+        computed = served
+        if served.cached_from is not None:
+            computed = self.manifest(served.cached_from)
+            note = f"served from the freshness cache; computed by request {served.cached_from}"
+        if computed.model_version != self.model.version:
+            raise ModelError(
+                f"model: request {request_id} was served by model {computed.model_version}, this is "
+                f"{self.model.version}; load that model directory to explain it"
+            )
+        response = self.recompute(computed)
+        recomputed = [i.item_id for i in response.items]
+        diff = _diff(served.items, recomputed)
+        return Explanation(
+            request_id=request_id,
+            identical=not diff,
+            served=list(served.items),
+            recomputed=recomputed,
+            diff=diff,
+            tier=response.tier,
+            cut=list(response.cut),
+            items=self._items(response),
+            removed_by_rule={k: list(v) for k, v in response.removed_by_rule.items()},
+            manifest=asdict(served),
+            note=note,
+        )
+
+    def explain_all(self, request_ids: Iterable[str]) -> list[Explanation]:
+        """Many requests, in log order (the log is folded once)."""
+        manifests = sorted((self.manifest(r) for r in request_ids), key=lambda m: m.log_position)
+        return [self.explain(m.request_id) for m in manifests]
+
+    def recompute(self, m: Manifest) -> RecommendResponse:
+        self._fold_to(m.log_position)
+        req = RecommendRequest(m.user_id, m.surface, m.k, dict(m.context), m.request_id, m.now_ms)
+        forced = Forced(m.tier, tuple(m.skipped_sources), m.ranked_rows, tuple(m.cut))
+        state = self._replay.state(m.user_id)
+        return self.recommender.recommend(req, state, self._replay.lookup, m.tier, m.previous, forced)
+
+    def _items(self, response: RecommendResponse) -> list[ItemExplanation]:
+        row_of = {item_id: n for n, item_id in enumerate(response.candidate_ids)}
+        x = response.features
+        rows = [row_of.get(i.item_id, -1) for i in response.items]
+        contrib = None
+        learned = self.recommender.learned
+        if x is not None and learned is not None and rows and min(rows) >= 0:
+            contrib = learned.contributions(x[rows])
+        out = []
+        for n, item in enumerate(response.items):
+            row = rows[n]
+            sources = {s: 0.0 for s in item.sources}
+            features: dict[str, float] = {}
+            contributions: dict[str, float] = {}
+            if x is not None and row >= 0:
+                for name in item.sources:
+                    column = SOURCE_COLUMNS.get(name)
+                    if column is not None:
+                        sources[name] = round(float(x[row, column]), 6)
+                if contrib is not None:
+                    top = np.argsort(-np.abs(contrib[n, :-1]), kind="stable")[:TOP_FEATURES]
+                    features = {FEATURE_NAMES[c]: round(float(x[row, c]), 6) for c in top}
+                    contributions = {FEATURE_NAMES[c]: round(float(contrib[n, c]), 6) for c in top}
+                    contributions["(bias)"] = round(float(contrib[n, -1]), 6)
+            moved = ["churn budget"] if item.item_id in response.stabilised else []
+            out.append(
+                ItemExplanation(item.item_id, n + 1, round(item.score, 6), sources, features, contributions, moved)
+            )
+        return out
