@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from insession.sessions import SessionState, apply
 from insession.store import FeatureStore
 from insession.store.memory import MemoryFeatureStore
 
-STORES: dict[str, Callable[[ManualClock], FeatureStore]] = {"memory": MemoryFeatureStore}
+STORES = ("memory", "redis")
 
 
 def state(user: str = "u1") -> SessionState:
@@ -27,9 +27,21 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=sorted(STORES))
-def store(request: pytest.FixtureRequest, clock: ManualClock) -> FeatureStore:
-    return STORES[request.param](clock)
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[FeatureStore]:
+    """Every implementation; the Redis one against a server of the test session's own, emptied
+    before each test."""
+    if request.param == "memory":
+        yield MemoryFeatureStore(clock)
+        return
+    import redis
+
+    from insession.store.redis import RedisFeatureStore
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    client.flushdb()
+    yield RedisFeatureStore(client, clock)
+    client.close()
 
 
 def test_session_round_trip(store: FeatureStore) -> None:
