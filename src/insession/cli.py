@@ -146,11 +146,6 @@ def serve(
 
     with _errors():
         settings = _settings(config, model_dir=model, store=store, data_dir=data_dir, host=host, port=port)
-        if settings.store != "memory":
-            console.print(
-                f"[red]error:[/red] store: only 'memory' is available in this version, got {settings.store!r}"
-            )
-            raise typer.Exit(2)
         engine = _open_engine(settings, None)
         console.print(
             f"serving model {engine.model.version} on http://{settings.host}:{settings.port} "

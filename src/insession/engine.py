@@ -35,7 +35,9 @@ from insession.model import ModelBundle
 from insession.pipeline import Recommender, RecommendRequest, RecommendResponse
 from insession.rerank import churn_at_k
 from insession.sessions import SessionState, apply
+from insession.store import FeatureStore
 from insession.store.memory import MemoryFeatureStore
+from insession.store.redis import RedisFeatureStore
 from insession.tiers import TierMonitor
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ class Engine:
         settings: Settings,
         model: ModelBundle,
         log: EventLog,
-        store: MemoryFeatureStore,
+        store: FeatureStore,
         clock: Clock | None = None,
         snapshot_path: Path | None = None,
         requests: RequestLog | None = None,
@@ -113,7 +115,9 @@ class Engine:
         clock: Clock | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Engine:
-        """Open (or create) the embedded engine in ``settings.data_dir``."""
+        """Open (or create) the engine in ``settings.data_dir``: state in memory (with a snapshot
+        file) by default, or in Redis when ``settings.store`` is a ``redis://`` URL (no snapshot:
+        Redis keeps it; the log after Redis's applied position is folded on start either way)."""
         if model is None:
             if settings.model_dir is None:
                 raise ValueError("model_dir: expected a model directory (insession train --out DIR)")
@@ -122,9 +126,12 @@ class Engine:
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         log = SqliteEventLog(data_dir / LOG_FILE)
-        store = MemoryFeatureStore(clock)
-        snapshot = data_dir / SNAPSHOT_FILE
-        if snapshot.exists():
+        store: FeatureStore = MemoryFeatureStore(clock)
+        snapshot: Path | None = data_dir / SNAPSHOT_FILE
+        if settings.store.startswith("redis://"):
+            store, snapshot = RedisFeatureStore(settings.store, clock), None
+        elif snapshot is not None and snapshot.exists():
+            assert isinstance(store, MemoryFeatureStore)
             try:
                 store.load(snapshot)
             except SnapshotCorrupt as exc:
@@ -300,9 +307,13 @@ class Engine:
             self._snapshot_locked()
 
     def _snapshot_locked(self) -> None:
-        if self.snapshot_path is not None:
+        if self.snapshot_path is not None and isinstance(self.store, MemoryFeatureStore):
             self.store.snapshot(self.snapshot_path)
             self._since_snapshot = 0
+
+    def live_users(self) -> int | None:
+        """Users with state in the embedded store (``None`` on Redis, where counting means a scan)."""
+        return len(self.store) if isinstance(self.store, MemoryFeatureStore) else None
 
     def close(self) -> None:
         self.snapshot()

@@ -168,13 +168,15 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
             "status": "ok",
             "model_version": engine.model.version,
             "log_position": engine.store.applied_position(),
-            "live_users": len(engine.store),
+            "live_users": engine.live_users(),
             "tiers": {name: t["tier"] for name, t in engine.tiers.snapshot().items()},
         }
 
     @app.get("/metrics")
     def get_metrics() -> Response:
-        metrics.users.set(len(engine.store))
+        users = engine.live_users()
+        if users is not None:
+            metrics.users.set(users)
         for surface, tier in engine.tiers.snapshot().items():
             metrics.tier.labels(surface).set(tier["level"])
             metrics.tier_p99.labels(surface).set(tier["p99_ms"])
