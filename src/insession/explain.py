@@ -10,7 +10,7 @@ the served one, the explanation says so and shows where they part (``identical: 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,6 @@ class Explanation:
     removed_by_rule: dict[str, list[str]]
     manifest: dict[str, Any]
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -127,9 +127,10 @@ class ListCache:
             _guards(state),
             req.now_ms,
         )
+        key = request_key(req)
         with self._lock:
-            self._entries[request_key(req)] = entry
-            self._entries.move_to_end(request_key(req))
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 

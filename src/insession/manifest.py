@@ -18,7 +18,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class Manifest:
     previous: list[str]
     items: list[str]
     cached_from: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         # Fields are JSON values already; no deep copy (``asdict``) on the request path.

@@ -117,7 +117,7 @@ def evaluate(
     engine_run = None
     churn_curve: list[dict[str, Any]] = []
     views = [v for v in options.variants if v in VARIANTS]
-    stable = [f"stable:{s.name.split('/', 1)[1]}" for s in CHURN_CURVE] if options.churn_curve else []
+    stable = [s.name for s in CHURN_CURVE] if options.churn_curve else []
     if stable and "joint" not in views:
         views.insert(0, "joint")
     if views:
@@ -139,7 +139,7 @@ def evaluate(
                 point["churn@20"] = m.churn(lists, sessions, positions, 20)
                 curve.append(
                     {
-                        "budget": variant.removeprefix("stable:"),
+                        "budget": variant.split("/", 1)[1],
                         "keep_top": surface.keep_top,
                         "max_new": surface.max_new,
                     }

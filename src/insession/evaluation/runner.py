@@ -88,7 +88,8 @@ class EngineRun:
 
 
 def stability_surface(label: str, keep_top: int, max_new: int | None, keep_margin: float = 0.5) -> SurfaceConfig:
-    """The evaluation surface with a churn budget; its lists are reported under ``stable:<label>``."""
+    """The evaluation surface with a churn budget, ``evaluate/<label>``; a variant of that name
+    replays the engine on it."""
     return replace(
         EVAL_SURFACE, name=f"{EVAL_SURFACE.name}/{label}", keep_top=keep_top, max_new=max_new, keep_margin=keep_margin
     )
@@ -113,9 +114,9 @@ def _replay(
     share: tuple[int, int],
     tick: Tick,
 ) -> tuple[dict[str, Lists], int, int, dict[str, int]]:
-    """Each variant's list for this worker's pairs. A variant ``stable:<label>`` is the joint state
-    on the surface ``evaluate/<label>``, with the list it produced for the session's previous pair
-    as what the user saw last."""
+    """Each variant's list for this worker's pairs. A variant named like a churn-budget surface
+    (``evaluate/<label>``) is the joint state on that surface, with the list it produced for the
+    session's previous pair as what the user saw last."""
     worker, workers = share
     index = recommender.model.catalog.index
     mine = [n for n in range(len(plan.pairs)) if plan.pairs[n].session % workers == worker]
@@ -134,9 +135,8 @@ def _replay(
             state = replay.state(event.user_id)
             answered: dict[int, Lists] = {}
             for variant in variants:
-                if variant.startswith("stable:"):
-                    surface = f"{EVAL_SURFACE.name}/{variant.removeprefix('stable:')}"
-                    req = RecommendRequest(event.user_id, surface, k, {}, f"eval-{n}-{variant}", pair.now_ms)
+                if variant.startswith(f"{EVAL_SURFACE.name}/"):
+                    req = RecommendRequest(event.user_id, variant, k, {}, f"eval-{n}-{variant}", pair.now_ms)
                     previous = shown.get((variant, pair.session), ())
                     response = recommender.recommend(req, state, replay.lookup, previous=previous)
                     ids = tuple(i.item_id for i in response.items)
@@ -186,8 +186,8 @@ def run_engine(
     workers: int = 1,
     tick: Tick = lambda n: None,
 ) -> EngineRun:
-    """The engine's lists for every pair under each variant (a view of the state, or ``stable:<label>``
-    for a churn budget of ``CHURN_CURVE``)."""
+    """The engine's lists for every pair under each variant: a view of the state, or the name of a
+    churn-budget surface of ``CHURN_CURVE``."""
     extra = {s.name: s for s in (EVAL_SURFACE, *CHURN_CURVE) if s.name not in recommender.surfaces}
     if extra:
         recommender.surfaces = {**recommender.surfaces, **extra}

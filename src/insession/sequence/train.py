@@ -235,11 +235,9 @@ def _fit(
                 break
         assert best_state is not None
         net.load_state_dict(best_state)
-        stats["best_epoch"] = max(history, key=lambda h: h["val_MRR@20"])["epoch"]
-        stats["val_MRR@20"], stats["val_HR@20"] = (
-            round(best, 4),
-            max(history, key=lambda h: h["val_MRR@20"])["val_HR@20"],
-        )
+        best_row = max(history, key=lambda h: h["val_MRR@20"])
+        stats["best_epoch"] = best_row["epoch"]
+        stats["val_MRR@20"], stats["val_HR@20"] = round(best, 4), best_row["val_HR@20"]
         stats["validation_cut_ms"] = cut
         finetune = 1  # the held-out newest targets, once, before serving
     else:
