@@ -8,6 +8,7 @@ popularity are the same number online and offline.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -24,6 +25,18 @@ WINDOWS_MS = (5 * MINUTE_MS, HOUR_MS, 24 * HOUR_MS)
 WINDOW_NAMES = ("5m", "1h", "24h")
 ACTIVITY_WEIGHTS = {EventType.VIEW: 1.0, EventType.CLICK: 1.0, EventType.ADD_TO_CART: 3.0, EventType.PURCHASE: 4.0}
 NAMESPACE = "item_activity"
+#: Guard rail: one user moves one item's activity by at most ``MAX_EVENTS_PER_USER`` events per
+#: ``USER_WINDOW_MS`` of event time. Events beyond that are *capped*: they still fold into the
+#: user's own session, never into the item's popularity or counts, so a bot hammering one item
+#: cannot push it up for everyone else.
+MAX_EVENTS_PER_USER = 3
+USER_WINDOW_MS = 10 * MINUTE_MS
+_FORMAT = -1.0  # first value of the serialised form (``decayed`` is never negative)
+
+
+def user_key(user_id: str) -> int:
+    """A 32-bit key for a user, kept with each recent event of an item."""
+    return zlib.crc32(user_id.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,33 +44,78 @@ class ItemActivity:
     decayed: float  # weighted event count, decayed to ``last_ts``
     last_ts: int
     recent: tuple[int, ...]  # the newest event times, oldest first, at most MAX_RECENT
+    recent_users: tuple[int, ...] = ()  # ``user_key`` of each of ``recent`` (-1: unknown)
 
     def to_bytes(self) -> bytes:
-        return np.array((self.decayed, self.last_ts, *self.recent), dtype=np.float64).tobytes()
+        users = self.recent_users or (-1,) * len(self.recent)
+        return np.array((_FORMAT, self.decayed, self.last_ts, *self.recent, *users), dtype=np.float64).tobytes()
 
     @staticmethod
     def from_bytes(raw: bytes) -> ItemActivity:
         values = np.frombuffer(raw, dtype=np.float64)
-        return ItemActivity(float(values[0]), int(values[1]), tuple(int(v) for v in values[2:]))
+        # tolist() converts in C: a request decodes hundreds of these, each with up to 64 times.
+        if values[0] != _FORMAT:  # written before users were kept: times only
+            return ItemActivity(float(values[0]), int(values[1]), tuple(values[2:].astype(np.int64).tolist()))
+        n = (len(values) - 3) // 2
+        times = values[3:].astype(np.int64).tolist()
+        return ItemActivity(float(values[1]), int(values[2]), tuple(times[:n]), tuple(times[n:]))
+
+    def by_user(self, user: int, since_ms: int, until_ms: int) -> int:
+        """How many of the recent events came from ``user`` in ``(since_ms, until_ms]``."""
+        return sum(
+            1 for t, u in zip(self.recent, self.recent_users, strict=False) if u == user and since_ms < t <= until_ms
+        )
 
     def popularity_at(self, now_ms: int) -> float:
         age = max(now_ms - self.last_ts, 0)
         return self.decayed * math.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS)
 
 
+class ActivityDecoder:
+    """``ItemActivity.from_bytes`` with a bounded memo keyed by the stored bytes: a request reads
+    the activity of hundreds of candidates, mostly unchanged since the last request, and decoding
+    each again costs more than ranking them. Equal bytes always decode to an equal (immutable)
+    value, so the memo can never serve a wrong one; it is cleared when it reaches ``max_entries``."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:  # a decoded value can weigh ~6 KB
+        self.max_entries = max_entries
+        self._memo: dict[bytes, ItemActivity] = {}
+
+    def decode(self, raw: bytes) -> ItemActivity:
+        found = self._memo.get(raw)
+        if found is None:
+            if len(self._memo) >= self.max_entries:
+                self._memo = {}
+            found = self._memo[raw] = ItemActivity.from_bytes(raw)
+        return found
+
+
+def capped(activity: ItemActivity | None, event: Event) -> bool:
+    """Whether ``event`` is over its user's share of the item (see ``MAX_EVENTS_PER_USER``)."""
+    if activity is None or MAX_EVENTS_PER_USER <= 0:
+        return False
+    window = activity.by_user(user_key(event.user_id), event.ts - USER_WINDOW_MS, event.ts)
+    return window >= MAX_EVENTS_PER_USER
+
+
 def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
-    """Fold one event into its item's activity; events that carry no item activity change nothing."""
+    """Fold one event into its item's activity; events that carry no item activity, and events
+    over their user's share of the item (``capped``), change nothing."""
     weight = ACTIVITY_WEIGHTS.get(event.type)
     if weight is None or event.item_id is None:
         return activity
+    user = user_key(event.user_id)
     if activity is None:
-        return ItemActivity(weight, event.ts, (event.ts,))
+        return ItemActivity(weight, event.ts, (event.ts,), (user,))
+    if capped(activity, event):
+        return activity
     last = max(activity.last_ts, event.ts)
     decayed = activity.popularity_at(last) + weight * math.exp(
         -math.log(2) * (last - event.ts) / POPULARITY_HALF_LIFE_MS
     )
-    recent = tuple(sorted((*activity.recent, event.ts)))[-MAX_RECENT:]
-    return ItemActivity(decayed, last, recent)
+    users = activity.recent_users or (-1,) * len(activity.recent)
+    merged = sorted((*zip(activity.recent, users, strict=True), (event.ts, user)))[-MAX_RECENT:]
+    return ItemActivity(decayed, last, tuple(t for t, _ in merged), tuple(u for _, u in merged))
 
 
 def activity_features(activity: Sequence[ItemActivity | None], now_ms: int) -> npt.NDArray[np.float64]:
