@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +19,19 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI") == "true"
 
 
+def unavailable(reason: str) -> None:
+    """A test's requirement is missing: skip with the reason, or fail under CI (where the CI
+    script installs every requirement, so a missing one is a defect)."""
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data; skipped with a reason when absent, a failure under CI."""
     if not SHARED_DATA.is_dir():
-        message = f"real data not found at {SHARED_DATA} (tests reading ../shared/data need it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"real data not found at {SHARED_DATA} (tests reading ../shared/data need it)")
     return SHARED_DATA
 
 
@@ -57,44 +62,89 @@ def engine(settings: Settings, model: ModelBundle, clock: ManualClock) -> Engine
     eng.log.close()
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server of our own on a free loopback port, stopped by its PID at the end. Skipped
-    (with the reason) when redis-server or the redis package is missing; a failure under CI."""
-    import shutil
+class RedisProcess:
+    """A redis-server of a test's own on a loopback port, stopped (by its PID) with ``stop``."""
+
+    def __init__(self, binary: str, port: int, workdir: Path) -> None:
+        import subprocess
+
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [*cmd, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self._wait()
+
+    def _wait(self) -> None:
+        import time
+
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            for _ in range(200):
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    time.sleep(0.025)
+            pytest.fail(f"redis-server on port {self.port} did not answer")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def free_port() -> int:
     import socket
-    import subprocess
-    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_binary() -> str:
+    """redis-server's path; skipped (with the reason) when it or the redis package is missing, a
+    failure under CI."""
+    import shutil
 
     binary = shutil.which("redis-server")
     missing = None if binary else "redis-server is not installed (apt-get install redis-server)"
     try:
-        import redis
+        import redis  # noqa: F401
     except ImportError:
         missing = missing or "the redis package is not installed (pip install -e '.[redis]')"
-    if missing is not None:
-        if IN_CI:
-            pytest.fail(missing)
-        pytest.skip(missing)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    cmd = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen([*cmd, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+    if missing is not None or binary is None:
+        unavailable(missing or "redis-server is missing")
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test session's shared redis-server (tests empty it with FLUSHDB before use)."""
+    server = RedisProcess(_redis_binary(), free_port(), tmp_path_factory.mktemp("redis"))
     try:
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"redis-server on port {port} did not answer")
-        yield url
+        yield server.url
     finally:
-        client.close()
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[[int | None], RedisProcess]]:
+    """Start private redis-servers (e.g. to stop and restart one); all are stopped afterwards."""
+    binary = _redis_binary()
+    started: list[RedisProcess] = []
+
+    def start(port: int | None = None) -> RedisProcess:
+        server = RedisProcess(binary, port or free_port(), tmp_path)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

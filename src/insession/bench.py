@@ -38,7 +38,7 @@ import numpy as np
 
 from insession.clock import ManualClock
 from insession.config import Settings
-from insession.datasets.synthetic import CATEGORIES, ShopConfig, generate
+from insession.datasets.synthetic import CATEGORIES, ShopConfig, SyntheticShop, generate
 from insession.engine import Engine
 from insession.model import ModelBundle
 from insession.sequence.model import N_TYPES, Tokens, gap_buckets
@@ -103,9 +103,17 @@ class _Client:
 
 
 def drive(
-    port: int, users: list[str], items: list[str], start_ms: int, requests: int, seconds: float, seed: int
+    port: int,
+    users: list[str],
+    items: list[str],
+    start_ms: int,
+    requests: int,
+    seconds: float,
+    seed: int,
+    raw: bool = False,
 ) -> dict[str, Any]:
-    """The load driver (runs in its own process): mixed steps, then an ingest phase."""
+    """The load driver (runs in its own process): mixed steps, then an ingest phase. ``raw`` adds
+    every recommendation latency (``recommend_ms``), to pool several drivers' percentiles."""
     rng = random.Random(seed)
     recommend: list[float] = []
     bare: list[float] = []
@@ -180,6 +188,7 @@ def drive(
         "tiers": dict(tiers),
         "cuts": dict(cuts),
         "errors": errors,
+        **({"recommend_ms": recommend, "ingest_seconds": ingest_s, "ingest_events": sent} if raw else {}),
     }
 
 
@@ -187,17 +196,10 @@ def _drive_to_queue(queue: Any, *args: Any) -> None:
     queue.put(drive(*args))
 
 
-def run_bench(
-    n_items: int = 10_000,
-    requests: int = 2000,
-    seed: int = 1,
-    progress: Callable[[str], None] = lambda s: None,
-    seconds: float = 60.0,
-    sequence: bool = False,
-    users: int | None = None,
-) -> dict[str, Any]:
-    """``users`` sets how many shoppers generate the training events (default: one per 20 items);
-    fewer keep a 1M-item catalog's training within minutes, most items then cold."""
+def train_shop(
+    n_items: int, seed: int, users: int | None, sequence: bool, progress: Callable[[str], None]
+) -> tuple[SyntheticShop, ShopConfig, ModelBundle, float]:
+    """The synthetic shop of ``n_items`` items and a model trained on it (and how long that took)."""
     n_cat = len(CATEGORIES)
     per_cat = max(n_items // n_cat, 16)
     cfg = ShopConfig(
@@ -217,7 +219,65 @@ def run_bench(
 
         train_cfg = replace(train_cfg, sequence=replace(train_cfg.sequence, enabled=True))
     model = train(shop.events, train_cfg, items=shop.items)
-    train_s = time.perf_counter() - t
+    return shop, cfg, model, time.perf_counter() - t
+
+
+def start_child(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m insession ARGS`` with its output in a file (a chatty child never blocks on a pipe)."""
+    env = {**os.environ, "INSESSION_LOG_LEVEL": "WARNING"}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "insession", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+
+
+def stop_child(child: subprocess.Popen[bytes]) -> None:
+    """Stop a child this module started, by its PID: SIGTERM, then SIGKILL after 30 s."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def drive_all(
+    ports: list[int], shop: SyntheticShop, requests: int, seconds: float, seed: int, raw: bool = False
+) -> list[dict[str, Any]]:
+    """One driver process per port, all at once; their figures in port order."""
+    ctx = multiprocessing.get_context("spawn")
+    queues = [ctx.Queue() for _ in ports]
+    shoppers = sorted(shop.tastes)
+    items = [i.item_id for i in shop.items]
+    start_ms = shop.events[-1].ts + 120_000
+    drivers = [
+        ctx.Process(
+            target=_drive_to_queue,
+            args=(q, port, shoppers, items, start_ms, requests, seconds, seed + n, raw),
+        )
+        for n, (q, port) in enumerate(zip(queues, ports, strict=True))
+    ]
+    for d in drivers:
+        d.start()
+    figures = [q.get(timeout=seconds * 3 + 120) for q in queues]
+    for d in drivers:
+        d.join(timeout=30)
+    return figures
+
+
+def run_bench(
+    n_items: int = 10_000,
+    requests: int = 2000,
+    seed: int = 1,
+    progress: Callable[[str], None] = lambda s: None,
+    seconds: float = 60.0,
+    sequence: bool = False,
+    users: int | None = None,
+) -> dict[str, Any]:
+    """``users`` sets how many shoppers generate the training events (default: one per 20 items);
+    fewer keep a 1M-item catalog's training within minutes, most items then cold."""
+    shop, cfg, model, train_s = train_shop(n_items, seed, users, sequence, progress)
     with tempfile.TemporaryDirectory(prefix="insession-bench-") as tmp:
         model_dir, data_dir = Path(tmp) / "model", Path(tmp) / "data"
         model.save(model_dir)
@@ -231,34 +291,17 @@ def run_bench(
         engine.close()
         port = _free_port()
         progress(f"starting the server on 127.0.0.1:{port}")
-        cmd = [sys.executable, "-m", "insession", "serve", "--model", str(model_dir), "--data-dir", str(data_dir)]
-        cmd += ["--host", "127.0.0.1", "--port", str(port), "--bare-endpoint"]
-        env = {**os.environ, "INSESSION_LOG_LEVEL": "WARNING"}
-        log_path = Path(tmp) / "server.log"  # a file, not a pipe: a chatty server never blocks on it
-        with log_path.open("wb") as log:
-            server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        args = ["serve", "--model", str(model_dir), "--data-dir", str(data_dir)]
+        args += ["--host", "127.0.0.1", "--port", str(port), "--bare-endpoint"]
+        log_path = Path(tmp) / "server.log"
+        server = start_child(args, log_path)
         try:
             _wait_ready(port, server, log_path)
             progress(f"driving the server from another process ({requests} steps or {seconds:.0f} s)")
-            ctx = multiprocessing.get_context("spawn")
-            queue = ctx.Queue()
-            shoppers = sorted(shop.tastes)
-            items = [i.item_id for i in shop.items]
-            start_ms = shop.events[-1].ts + 120_000
-            driver = ctx.Process(
-                target=_drive_to_queue, args=(queue, port, shoppers, items, start_ms, requests, seconds, seed)
-            )
-            driver.start()
-            figures = queue.get(timeout=seconds * 3 + 120)
-            driver.join(timeout=30)
+            figures = drive_all([port], shop, requests, seconds, seed)[0]
             health = _get_json(port, "/healthz")
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_child(server)
     p50, bare50 = figures["recommend_p50_ms"], figures["bare_p50_ms"]
     return {
         "items": len(model.catalog),

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from insession.clock import DAY_MS, SystemClock
-from insession.config import Settings
+from insession.config import Settings, SurfaceConfig
 from insession.datasets import FORMATS, LoadStats, load_events
 from insession.engine import LOG_FILE, SNAPSHOT_FILE, Engine
 from insession.errors import FieldError, InsessionError, ValidationError
@@ -131,11 +131,22 @@ def train(
 @app.command()
 def serve(
     model: Annotated[Path, typer.Option(help="Model directory from `insession train`.")],
-    store: Annotated[str, typer.Option(help="memory (embedded) or redis://HOST:PORT.")] = "memory",
-    data_dir: Annotated[Path | None, typer.Option(help="Where the event log and snapshots live.")] = None,
+    store: Annotated[
+        str, typer.Option(help="memory (embedded) or redis://HOST:PORT (state and event streams in Redis).")
+    ] = "memory",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the event log, snapshots and request manifests live.")
+    ] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="With redis://: stream workers to run inside this server (0 when `insession worker` "
+            "processes fold the streams)."
+        ),
+    ] = 1,
     bare_endpoint: Annotated[
         bool, typer.Option(help="Add POST /v1/bench/bare (a fixed list, no engine) for `insession bench`.")
     ] = False,
@@ -147,14 +158,62 @@ def serve(
     with _errors():
         settings = _settings(config, model_dir=model, store=store, data_dir=data_dir, host=host, port=port)
         engine = _open_engine(settings, None)
-        console.print(
-            f"serving model {engine.model.version} on http://{settings.host}:{settings.port} "
-            f"(log: {settings.data_dir / 'events.sqlite'})"
-        )
+        where = f"log: {settings.data_dir / LOG_FILE}"
+        if not engine.folds_inline:
+            for _ in range(max(workers, 0)):
+                engine.start_worker()
+            where = f"state and events: {settings.store}, {max(workers, 0)} in-process workers"
+        console.print(f"serving model {engine.model.version} on http://{settings.host}:{settings.port} ({where})")
         try:
             serve_forever(create_app(engine, bare_endpoint=bare_endpoint), settings.host, settings.port)
         finally:
             engine.close()
+
+
+@app.command()
+def worker(
+    store: Annotated[str, typer.Option(help="The Redis the servers use: redis://HOST:PORT.")],
+    config: Annotated[Path | None, typer.Option(help="TOML settings file (session and partition settings).")] = None,
+    name: Annotated[str | None, typer.Option(help="Consumer name (default: host-pid-random).")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Events folded per partition per transaction.")] = 200,
+    lease_ms: Annotated[
+        int, typer.Option(min=100, help="A partition lease lapses this long after its worker stops renewing it.")
+    ] = 5000,
+) -> None:
+    """Fold the Redis event streams into the Redis feature store until stopped (SIGINT/SIGTERM).
+
+    Run as many as you like: partitions are shared among the live workers, and a dead worker's
+    partitions (with what it had read but not applied) are taken over when its leases lapse.
+    """
+    import signal
+    import threading
+
+    from insession.store.redis import connect
+    from insession.worker import StreamWorker
+
+    with _errors():
+        settings = _settings(config, store=store)
+        if not settings.store.startswith("redis://"):
+            raise ValidationError([FieldError("store", "a redis://HOST:PORT URL", settings.store)])
+        folder = StreamWorker(connect(settings.store, 5000.0), settings, name=name, batch=batch, lease_ms=lease_ms)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        console.print(f"worker {folder.name}: folding {settings.stream_partitions} partitions of {settings.store}")
+        last = [time.monotonic(), 0]
+
+        def report(n: int) -> None:
+            now = time.monotonic()
+            if now - float(last[0]) >= 10.0:
+                rate = (folder.stats.applied - int(last[1])) / (now - float(last[0]))
+                console.print(
+                    f"applied {folder.stats.applied} events ({rate:.0f}/s), partitions {folder.owned}, "
+                    f"conflicts {folder.stats.conflicts}, claimed {folder.stats.claimed}, capped {folder.stats.capped}"
+                )
+                last[0], last[1] = now, folder.stats.applied
+
+        folder.run(stop, on_step=report)
+        console.print(f"worker {folder.name}: stopped after {folder.stats.applied} events; leases released")
 
 
 def _open_engine(settings: Settings, model: ModelBundle | None) -> Engine:
@@ -264,6 +323,7 @@ def demo(
         from insession.serving.server import serve_forever
 
         console.rule(f"serving on http://{host}:{port}  (Ctrl-C to stop)")
+        console.print(f"the demo shop page: http://{host}:{port}/  (user {user} has a long history)")
         console.print(
             f"try: curl -s -X POST http://{host}:{port}/v1/recommendations "
             f"-H 'content-type: application/json' -d '{{\"user_id\": \"{user}\"}}'"
@@ -321,6 +381,14 @@ def evaluate(
     churn_curve: Annotated[
         bool, typer.Option(help="Also replay the engine under five churn budgets: relevance vs churn@20 in the report.")
     ] = False,
+    hot_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Hot-spot control on the evaluated lists: discount items whose popularity relative to the most "
+            "popular item's is above this (0 < x <= 1); compare top1%share@20 with a run without it."
+        ),
+    ] = None,
+    hot_discount: Annotated[float, typer.Option(help="With --hot-threshold: the discount per ln(ratio).")] = 1.0,
 ) -> None:
     """Score the engine, its ablations and the baselines on the next-item protocol; write a report."""
     with _errors():
@@ -345,7 +413,10 @@ def evaluate(
             workers=max(1, workers),
             train=_train_config(sequence),
             churn_curve=churn_curve,
+            hot=None if hot_threshold is None else (hot_threshold, hot_discount),
         )
+        if hot_threshold is not None:  # the same checks as a surface's own settings
+            SurfaceConfig("evaluate", hot_threshold=hot_threshold, hot_discount=hot_discount)
         bundle = ModelBundle.load(model) if model is not None else None
         started = time.perf_counter()
         with _progress() as progress:
@@ -398,14 +469,33 @@ def bench(
     users: Annotated[
         int | None, typer.Option(help="Shoppers generating the training events (default: one per 20 items).")
     ] = None,
+    scale_out: Annotated[
+        bool,
+        typer.Option(
+            help="Two servers and two stream workers on one Redis against the embedded server, L1 on and off "
+            "(starts its own redis-server unless --store is given)."
+        ),
+    ] = False,
+    store: Annotated[str | None, typer.Option(help="With --scale-out: an existing redis://HOST:PORT to use.")] = None,
 ) -> None:
     """Start the real server on loopback, drive it from another process, write latency and throughput."""
     from insession.bench import run_bench, write
+    from insession.bench_scale import run_scale_bench
 
     with _errors():
         if sequence:
             _train_config(True)  # names the missing extra before minutes of work
+        if store is not None and not scale_out:
+            raise ValidationError([FieldError("store", "--scale-out with it", "--store alone")])
         with console.status("benchmark") as status:
+            if scale_out:
+                figures = run_scale_bench(
+                    items, requests, seconds, redis_url=store, progress=lambda s: status.update(f"benchmark: {s}")
+                )
+                write(figures, out)
+                _scale_table(figures)
+                console.print(f"written to {out}")
+                return
             figures = run_bench(
                 items,
                 requests,
@@ -422,6 +512,23 @@ def bench(
             table.add_row(key, str(value))
         console.print(table)
         console.print(f"written to {out}")
+
+
+def _scale_table(figures: dict[str, Any]) -> None:
+    table = Table(title=f"insession bench --scale-out: {figures['items']} items")
+    for col in ("setup", "rec p50 ms", "p95", "p99", "requests/s", "HTTP ingest ev/s", "errors"):
+        table.add_column(col, justify="right" if col != "setup" else "left")
+    for key in ("embedded", "redis_one_driver", "redis_two_drivers", "redis_no_l1_one_driver"):
+        f = figures[key]
+        table.add_row(
+            key,
+            *(str(f[k]) for k in ("recommend_p50_ms", "recommend_p95_ms", "recommend_p99_ms", "requests_per_s")),
+            str(f["ingest_events_per_s"]),
+            str(f["errors"]),
+        )
+    console.print(table)
+    for key in ("redis_api_append_events_per_s", "redis_worker_fold_events_per_s", "l1_hit_rate", "l1_saves_p50_ms"):
+        console.print(f"{key}: {figures[key]}")
 
 
 def _explainer(model: Path, data_dir: Path | None, config: Path | None) -> tuple[Explainer, Settings]:

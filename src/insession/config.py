@@ -76,6 +76,11 @@ class SurfaceConfig:
     keep_top: int = 0
     keep_margin: float = 0.5
     max_new: int | None = None
+    #: Hot-spot control: an item whose popularity (relative to the most popular item's, from
+    #: training) is above ``hot_threshold`` loses ``hot_discount * ln(popularity / threshold)`` of
+    #: its score (tiers full and fast), so a few items do not take every list. ``None``: off.
+    hot_threshold: float | None = None
+    hot_discount: float = 1.0
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "surface.name", "a non-empty string", self.name)
@@ -96,6 +101,13 @@ class SurfaceConfig:
             "an integer >= 0 (or absent)",
             self.max_new,
         )
+        _require(
+            self.hot_threshold is None or 0 < self.hot_threshold <= 1,
+            f"surfaces.{self.name}.hot_threshold",
+            "0 < x <= 1 (or absent)",
+            self.hot_threshold,
+        )
+        _require(self.hot_discount >= 0, f"surfaces.{self.name}.hot_discount", "a number >= 0", self.hot_discount)
         _require(self.recover_hold_s >= 0, f"surfaces.{self.name}.recover_hold_s", ">= 0 seconds", self.recover_hold_s)
         _require(
             self.max_seen is None or self.max_seen >= 0,
@@ -141,11 +153,23 @@ class Settings:
     request_log_retention: int = 1_000_000
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Redis only: stream partitions (users are spread over them; at most one worker folds each).
+    stream_partitions: int = 16
+    #: Redis only: a request gives up on Redis after this long and degrades to ``popular``.
+    store_timeout_ms: float = 25.0
+    #: Redis only: the in-process L1 cache serves item activity at most this old (0: no L1).
+    l1_max_age_ms: float = 1000.0
+    #: Redis only: a retried ``event_id`` is recognised as a duplicate for this long.
+    dedup_window_s: int = 3600
 
     def __post_init__(self) -> None:
         _require(self.state_ttl_s > 0, "state_ttl_s", "a positive integer", self.state_ttl_s)
         _require(1 <= self.max_batch_events <= 100_000, "max_batch_events", "1..100000", self.max_batch_events)
         _require(0 <= self.port <= 65535, "port", "0..65535", self.port)
+        _require(1 <= self.stream_partitions <= 1024, "stream_partitions", "1..1024", self.stream_partitions)
+        _require(self.store_timeout_ms > 0, "store_timeout_ms", "a positive number of ms", self.store_timeout_ms)
+        _require(self.l1_max_age_ms >= 0, "l1_max_age_ms", "a number of ms >= 0", self.l1_max_age_ms)
+        _require(self.dedup_window_s >= 1, "dedup_window_s", "an integer >= 1", self.dedup_window_s)
         _require(
             self.store == "memory" or self.store.startswith("redis://"),
             "store",
@@ -205,9 +229,20 @@ def _from_toml(path: Path) -> dict[str, Any]:
     for key in ("store", "host"):
         if key in doc:
             out[key] = str(doc[key])
-    for key in ("port", "state_ttl_s", "snapshot_every_events", "max_batch_events", "request_log_retention"):
+    for key in (
+        "port",
+        "state_ttl_s",
+        "snapshot_every_events",
+        "max_batch_events",
+        "request_log_retention",
+        "stream_partitions",
+        "dedup_window_s",
+    ):
         if key in doc:
             out[key] = int(doc[key])
+    for key in ("store_timeout_ms", "l1_max_age_ms"):
+        if key in doc:
+            out[key] = float(doc[key])
     if "data_dir" in doc:
         out["data_dir"] = Path(doc["data_dir"])
     if "model_dir" in doc:

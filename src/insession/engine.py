@@ -15,30 +15,35 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from insession.clock import Clock, SystemClock
-from insession.config import Settings
-from insession.errors import FieldError, NotFound, SnapshotCorrupt
+from insession.config import Settings, SurfaceConfig
+from insession.errors import FieldError, NotFound, SnapshotCorrupt, StoreUnavailable, Unsupported
 from insession.events import Event, validate_event
 from insession.explain import Explainer, Explanation
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
-from insession.features.activity import ItemActivity, bump
+from insession.features.activity import ActivityDecoder, ItemActivity
 from insession.features.profile import build_profile
+from insession.fold import FoldStats, fold_event
 from insession.freshness import ListCache, ShownLists
 from insession.log import AppendResult, EventLog
+from insession.log.redis_stream import RedisStreamEventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.manifest import REQUEST_LOG_FILE, Manifest, RequestLog, config_hash, seed_of
 from insession.model import ModelBundle
-from insession.pipeline import Recommender, RecommendRequest, RecommendResponse
+from insession.pipeline import Recommender, RecommendRequest, RecommendResponse, no_activity
 from insession.rerank import churn_at_k
-from insession.sessions import SessionState, apply
+from insession.sessions import SessionState
 from insession.store import FeatureStore
+from insession.store.cached import CachedStore
 from insession.store.memory import MemoryFeatureStore
-from insession.store.redis import RedisFeatureStore
+from insession.store.redis import RedisFeatureStore, RedisGuard, connect
 from insession.tiers import TierMonitor
+from insession.worker import GROUP, StreamWorker
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +110,19 @@ class Engine:
         self.lists = ListCache()
         self.shown = ShownLists()
         self._lock = threading.Lock()
+        self._decoder = ActivityDecoder()
+        #: Events the guard rail kept out of item activity (folded here; on Redis, by the workers).
+        self.fold_stats = FoldStats()
         self._since_snapshot = 0
+        #: Set on Redis: the guard every Redis call goes through (its state is the store's health).
+        self.guard: RedisGuard | None = None
+        self._stop = threading.Event()
+        self._workers: list[tuple[StreamWorker, threading.Thread]] = []
+
+    @property
+    def folds_inline(self) -> bool:
+        """Embedded: events are folded as they are ingested. Redis: stream workers fold them."""
+        return self.guard is None
 
     @classmethod
     def open(
@@ -115,9 +132,9 @@ class Engine:
         clock: Clock | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Engine:
-        """Open (or create) the engine in ``settings.data_dir``: state in memory (with a snapshot
-        file) by default, or in Redis when ``settings.store`` is a ``redis://`` URL (no snapshot:
-        Redis keeps it; the log after Redis's applied position is folded on start either way)."""
+        """Open (or create) the engine in ``settings.data_dir``: the SQLite event log and state in
+        memory (with a snapshot file; the log after it is folded on start) by default, or a
+        stateless server on Redis when ``settings.store`` is a ``redis://`` URL (:meth:`on_redis`)."""
         if model is None:
             if settings.model_dir is None:
                 raise ValueError("model_dir: expected a model directory (insession train --out DIR)")
@@ -125,26 +142,55 @@ class Engine:
         clock = clock or SystemClock()
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        log = SqliteEventLog(data_dir / LOG_FILE)
-        store: FeatureStore = MemoryFeatureStore(clock)
-        snapshot: Path | None = data_dir / SNAPSHOT_FILE
+        requests = RequestLog(data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
         if settings.store.startswith("redis://"):
-            store, snapshot = RedisFeatureStore(settings.store, clock), None
-        elif snapshot is not None and snapshot.exists():
-            assert isinstance(store, MemoryFeatureStore)
+            return cls.on_redis(settings, model, clock, requests)
+        log = SqliteEventLog(data_dir / LOG_FILE)
+        store = MemoryFeatureStore(clock)
+        snapshot = data_dir / SNAPSHOT_FILE
+        if snapshot.exists():
             try:
                 store.load(snapshot)
             except SnapshotCorrupt as exc:
                 logger.warning("%s; rebuilding state from the event log", exc)
                 store = MemoryFeatureStore(clock)
-        requests = RequestLog(data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
         engine = cls(settings, model, log, store, clock, snapshot, requests)
         engine.catch_up(progress)
         return engine
 
+    @classmethod
+    def on_redis(
+        cls, settings: Settings, model: ModelBundle, clock: Clock, requests: RequestLog | None = None
+    ) -> Engine:
+        """A stateless server on Redis: events go to the Redis streams (``RedisStreamEventLog``),
+        state is read from Redis through the L1 cache, and stream workers (``insession worker``,
+        or :meth:`start_worker`) fold the streams. Nothing is folded in this process."""
+        guard = RedisGuard()
+        client = connect(settings.store, settings.store_timeout_ms)
+        partitions = settings.stream_partitions
+        l2 = RedisFeatureStore(client, clock, guard=guard, partitions=partitions)
+        store: FeatureStore = l2 if settings.l1_max_age_ms <= 0 else CachedStore(l2, settings.l1_max_age_ms)
+        log = RedisStreamEventLog(client, partitions, guard=guard, dedup_window_s=settings.dedup_window_s)
+        engine = cls(settings, model, log, store, clock, None, requests)
+        engine.guard = guard
+        return engine
+
+    def start_worker(self, batch: int = 200, lease_ms: int = 5000) -> StreamWorker:
+        """Fold the Redis streams on a background thread of this process (``serve --workers``)."""
+        if self.guard is None:
+            raise Unsupported("store: an in-process stream worker needs store = redis://")
+        worker = StreamWorker(connect(self.settings.store, 5000.0), self.settings, batch=batch, lease_ms=lease_ms)
+        thread = threading.Thread(target=worker.run, args=(self._stop,), name="insession-worker", daemon=True)
+        thread.start()
+        self._workers.append((worker, thread))
+        return worker
+
     # -- writes ---------------------------------------------------------------------------------
     def catch_up(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Fold every log event after the store's applied position; returns how many."""
+        """Fold every log event after the store's applied position; returns how many (on Redis, 0:
+        the stream workers fold)."""
+        if not self.folds_inline:
+            return 0
         with self._lock:
             start = self.store.applied_position()
             last = self.log.last_position()
@@ -157,25 +203,22 @@ class Engine:
             return n
 
     def _apply(self, position: int, event: Event) -> SessionState:
-        state = apply(self.store.get_session(event.user_id), event, self.settings.session, position)
-        self.store.put_session(event.user_id, state, self.settings.state_ttl_s)
-        if event.item_id is not None:
-            old = self.store.get_many(ACTIVITY_NAMESPACE, [event.item_id])[0]
-            bumped = bump(None if old is None else ItemActivity.from_bytes(old), event)
-            if bumped is not None:
-                self.store.put_many(ACTIVITY_NAMESPACE, {event.item_id: bumped.to_bytes()}, self.settings.state_ttl_s)
+        state = fold_event(
+            self.store, position, event, self.settings.session, self.settings.state_ttl_s, self.fold_stats
+        )
         self.store.set_applied_position(position)
         return state
 
     def activity(self, item_ids: Sequence[str]) -> list[ItemActivity | None]:
         """Live item activity from the store (what the ranker's streaming item features read)."""
-        return [
-            None if raw is None else ItemActivity.from_bytes(raw)
-            for raw in self.store.get_many(ACTIVITY_NAMESPACE, item_ids)
-        ]
+        decode = self._decoder.decode
+        return [None if raw is None else decode(raw) for raw in self.store.get_many(ACTIVITY_NAMESPACE, item_ids)]
 
     def ingest(self, events: Sequence[Event]) -> AppendResult:
-        """Append validated events to the log, then fold the newly accepted ones into state."""
+        """Append validated events to the log, then fold the newly accepted ones into state (on
+        Redis, append to the streams; a worker folds them)."""
+        if not self.folds_inline:
+            return self.log.append(events)
         with self._lock:
             result = self.log.append(events)
             for position, event in result.accepted:
@@ -229,11 +272,26 @@ class Engine:
             req = replace(req, request_id=req.request_id or uuid.uuid4().hex, now_ms=req.now_ms or self.clock.now_ms())
         started = time.perf_counter()
         surface = self.recommender.surface(req.surface)
+        try:
+            return self._recommend(req, surface, started)
+        except StoreUnavailable as exc:
+            # Redis is slow or down: popularity alone, no state read, within the budget.
+            response = self.recommender.recommend(req, None, no_activity, "popular")
+            response = replace(response, cut=(*response.cut, "store"), degraded=exc.message)
+            if self.requests is not None:
+                self.requests.write(self._manifest(req, None, 0, "popular", (), response, None))
+            return response
+
+    def _recommend(self, req: RecommendRequest, surface: SurfaceConfig, started: float) -> RecommendResponse:
         # Under the ingest lock: the state, the item activity the ranker reads and the log
-        # position the manifest records all describe the same moment.
+        # position the manifest records all describe the same moment. (On Redis the position is
+        # the user's last folded event: the partitions have no common one.)
         with self._lock:
-            position = self.store.applied_position()
             state = self.store.get_session(req.user_id)
+            if self.folds_inline:
+                position = self.store.applied_position()
+            else:
+                position = state.log_position if state is not None else 0
             previous = self.shown.previous(req, state)
             kept = self.lists.lookup(surface, req, state, lambda: self._intent(req, state))
             tier = self.tiers.tier(req.surface)
@@ -294,6 +352,11 @@ class Engine:
         """Recompute a served list from its manifest and the event log (see ``insession.explain``)."""
         if self.requests is None:
             raise NotFound("request_id: this engine keeps no request manifests")
+        if not self.folds_inline:
+            raise Unsupported(
+                "explain: needs the embedded event log (store = memory); on Redis the stream partitions "
+                "have no common position to replay to"
+            )
         return Explainer(self.model, self.settings, self.log, self.requests).explain(request_id)
 
     def _intent(self, req: RecommendRequest, state: SessionState | None) -> npt.NDArray[np.float32]:
@@ -311,11 +374,50 @@ class Engine:
             self.store.snapshot(self.snapshot_path)
             self._since_snapshot = 0
 
+    def store_health(self) -> dict[str, Any]:
+        """The store's kind and health: on Redis whether it answers now, failures since start,
+        the last error, and the L1 cache's size and hit rate."""
+        if self.guard is None:
+            return {"kind": "memory", "up": True}
+        out: dict[str, Any] = {
+            "kind": "redis",
+            "up": self.guard.available,
+            "failures": self.guard.failures,
+            "last_error": self.guard.last_error,
+        }
+        if isinstance(self.store, CachedStore):
+            out.update(l1_entries=len(self.store), l1_hit_rate=round(self.store.hit_rate, 4))
+        if isinstance(self.log, RedisStreamEventLog) and out["up"]:
+            try:
+                out["fold_backlog"] = self.log.backlog(GROUP)
+            except StoreUnavailable:
+                out["up"] = False
+        return out
+
+    def capped_events(self) -> int:
+        """Events the guard rail kept out of item activity, folded here or by this process's workers."""
+        return self.fold_stats.capped + sum(worker.stats.capped for worker, _ in self._workers)
+
+    def users_with_most_history(self, n: int = 3) -> list[str]:
+        """Up to ``n`` users with the most interactions kept in state, most first (the demo page's
+        "user with a long history"); empty on Redis, where finding them means a scan."""
+        if not isinstance(self.store, MemoryFeatureStore):
+            return []
+        sizes = []
+        for user in self.store.users()[:10_000]:  # a bounded look: this serves a demo, not a query
+            state = self.store.get_session(user)
+            if state is not None:
+                sizes.append((-(len(state.history) + len(state.events)), user))
+        return [user for _, user in sorted(sizes)[:n]]
+
     def live_users(self) -> int | None:
         """Users with state in the embedded store (``None`` on Redis, where counting means a scan)."""
         return len(self.store) if isinstance(self.store, MemoryFeatureStore) else None
 
     def close(self) -> None:
+        self._stop.set()
+        for _, thread in self._workers:
+            thread.join(timeout=10)
         self.snapshot()
         self.log.close()
         if self.requests is not None:

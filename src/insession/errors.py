@@ -64,6 +64,20 @@ class SnapshotCorrupt(InsessionError):
     status = 500
 
 
+class Unsupported(InsessionError):
+    """The operation exists but not with this configuration; the message says which."""
+
+    status = 501
+
+
+class StoreUnavailable(InsessionError):
+    """The shared store (Redis) did not answer in time or refused the connection. Reads degrade to
+    the ``popular`` tier; writes are refused with 503 so the caller retries (nothing is dropped
+    silently: events already written are recognised by ``event_id`` on the retry)."""
+
+    status = 503
+
+
 class MissingExtra(InsessionError):
     """An optional backend was asked for but its extra is not installed."""
 

@@ -123,6 +123,8 @@ class RecommendResponse:
     cached: bool = False
     #: Share of the top k that is new since the list last shown in this session (None: first list).
     churn: float | None = None
+    #: Why the list is degraded beyond load shedding, e.g. the store was unavailable (else None).
+    degraded: str | None = None
     #: The session embedding the list was computed for (freshness decisions; not serialised).
     intent: npt.NDArray[np.float32] | None = None
     #: The candidates in merge order and their feature rows (not serialised; for explain and tests).
@@ -142,6 +144,7 @@ class RecommendResponse:
             "cut": list(self.cut),
             "cached": self.cached,
             "churn": self.churn,
+            "degraded": self.degraded,
             "timings_ms": dict(self.timings_ms),
         }
 
@@ -204,6 +207,9 @@ class Recommender:
             PopularitySource(),
         )
         self.simple = SimpleScorer()
+        pop = np.asarray(model.popularity, dtype=np.float64)
+        relative = pop / max(float(pop.max()) if len(pop) else 1.0, 1e-12)
+        self._log_relative_popularity = np.log(np.maximum(relative, 1e-12))
         self.learned = (
             LearnedScorer(model.ranker, model.params.get("ranker", {}).get("features", ()))
             if model.ranker is not None
@@ -345,6 +351,8 @@ class Recommender:
         else:
             pop = self.model.popularity
             scores = [float(pop[m.item]) for m in merged]
+        if surface.hot_threshold is not None and served != "popular":
+            scores = self._cool(merged, scores, surface.hot_threshold, surface.hot_discount)
         ids = self.model.catalog.ids
         ranked = [
             Ranked(ids[merged[n].item], merged[n].item, scores[n], tuple(sorted(merged[n].sources)))
@@ -377,6 +385,16 @@ class Recommender:
             candidate_ids=tuple(ids[m.item] for m in merged),
             features=x,
         )
+
+    def _cool(
+        self, merged: Sequence[Merged], scores: Sequence[float], threshold: float, discount: float
+    ) -> list[float]:
+        """Hot-spot control: scores less ``discount * ln(relative popularity / threshold)`` for
+        items above ``threshold`` (relative to the most popular item's training popularity)."""
+        items = np.fromiter((m.item for m in merged), dtype=np.int64, count=len(merged))
+        over = np.maximum(self._log_relative_popularity[items] - math.log(threshold), 0.0)
+        cooled: list[float] = (np.asarray(scores, dtype=np.float64) - discount * over).tolist()
+        return cooled
 
     def _best(
         self,

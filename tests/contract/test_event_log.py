@@ -13,14 +13,25 @@ from insession.log.sqlite import SqliteEventLog
 
 T0 = 1_767_225_600_000
 LOGS: dict[str, Callable[[Path], EventLog]] = {"sqlite": lambda d: SqliteEventLog(d / "events.sqlite")}
+PARTITIONED = ("redis_stream",)  # order is per user (per partition), not across users
 
 
 def ev(n: int, user: str = "u1") -> Event:
     return Event(f"e{n}", user, EventType.CLICK, T0 + n, f"i{n}")
 
 
-@pytest.fixture(params=sorted(LOGS))
+@pytest.fixture(params=sorted(LOGS) + list(PARTITIONED))
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
+    if request.param == "redis_stream":
+        import redis
+
+        from insession.log.redis_stream import RedisStreamEventLog
+
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        client.flushdb()
+        yield RedisStreamEventLog(client, partitions=4)
+        client.close()
+        return
     made = LOGS[request.param](tmp_path)
     yield made
     made.close()
@@ -72,3 +83,15 @@ def test_sqlite_log_survives_reopen(tmp_path: Path) -> None:
     assert second.append([ev(2)]).duplicates == 1
     assert [e.event_id for _, e in second.read()] == ["e1", "e2"]
     second.close()
+
+
+def test_partitioned_log_keeps_each_users_order_and_spreads_users(log: EventLog) -> None:
+    events = [ev(n, user=f"u{n % 7}") for n in range(1, 50)]
+    result = log.append(events)
+    assert sorted(e.event_id for _, e in result.accepted) == sorted(e.event_id for e in events)
+    read = [e for _, e in log.read()]
+    assert sorted(e.event_id for e in read) == sorted(e.event_id for e in events)
+    for user in {e.user_id for e in events}:
+        assert [e for e in read if e.user_id == user] == [e for e in events if e.user_id == user]
+    positions = [p for p, _ in log.read()]
+    assert positions == sorted(positions) and log.last_position() == positions[-1] and log.count() == 49

@@ -15,7 +15,7 @@ from insession.sessions import SessionState, apply
 from insession.store import FeatureStore
 from insession.store.memory import MemoryFeatureStore
 
-STORES = ("memory", "redis")
+STORES = ("memory", "redis", "redis_l1")
 
 
 def state(user: str = "u1") -> SessionState:
@@ -36,11 +36,14 @@ def store(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[Featur
         return
     import redis
 
+    from insession.store.cached import CachedStore
     from insession.store.redis import RedisFeatureStore
 
     client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
     client.flushdb()
-    yield RedisFeatureStore(client, clock)
+    l2 = RedisFeatureStore(client, clock)
+    # The L1 cache serves values up to max_age old by design; with max_age 0 it must be exact.
+    yield l2 if request.param == "redis" else CachedStore(l2, max_age_ms=0)
     client.close()
 
 

@@ -24,8 +24,9 @@ class EventLog(Protocol):
 
         Idempotent by ``event_id``: an id already in the log (or earlier in the same batch) is
         counted as a duplicate and not written again. Every accepted event gets a position
-        strictly greater than any earlier one. When this returns, accepted events survive a
-        process crash. Not guaranteed: positions are not contiguous.
+        strictly greater than any earlier one of the same user (the embedded log: of any user).
+        When this returns, accepted events survive a process crash (on Redis: as far as Redis's
+        own persistence is configured). Not guaranteed: positions are not contiguous.
         """
         ...
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from insession.engine import Engine
-from insession.errors import InsessionError, PayloadTooLarge
+from insession.errors import InsessionError, PayloadTooLarge, StoreUnavailable
 from insession.freshness import cache_control
 from insession.pipeline import RecommendRequest
 from insession.serving.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
+STATIC = FsPath(__file__).with_name("static")
 
 
 class EventBatch(BaseModel):
@@ -86,7 +89,8 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         errors = getattr(exc, "errors", None)
         if errors:
             body["errors"] = [e.to_dict() for e in errors]
-        return JSONResponse(body, status_code=exc.status)
+        headers = {"Retry-After": "1"} if isinstance(exc, StoreUnavailable) else None
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:
@@ -103,7 +107,8 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         metrics.events.labels("accepted").inc(result.accepted)
         metrics.events.labels("duplicate").inc(result.duplicates)
         metrics.events.labels("rejected").inc(len(result.rejected))
-        metrics.log_position.set(engine.store.applied_position())
+        if engine.folds_inline:
+            metrics.log_position.set(engine.store.applied_position())
         return result.to_dict()
 
     def recommend(req: RecommendRequest, if_none_match: str | None) -> Response:
@@ -164,11 +169,20 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        """``status`` is ``degraded`` while the shared store is unavailable (lists come from the
+        ``popular`` tier, events are refused with 503); ``ok`` otherwise."""
+        store = engine.store_health()
+        try:
+            position: int | None = engine.store.applied_position()
+        except StoreUnavailable:
+            position = None
         return {
-            "status": "ok",
+            "status": "ok" if store["up"] else "degraded",
             "model_version": engine.model.version,
-            "log_position": engine.store.applied_position(),
+            "log_position": position,
             "live_users": engine.live_users(),
+            "store": store,
+            "guard": {"capped_events": engine.capped_events()},
             "tiers": {name: t["tier"] for name, t in engine.tiers.snapshot().items()},
         }
 
@@ -177,18 +191,49 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         users = engine.live_users()
         if users is not None:
             metrics.users.set(users)
+        metrics.capped.set(engine.capped_events())
+        store = engine.store_health()
+        metrics.store_up.set(1 if store["up"] else 0)
+        metrics.store_failures.set(float(store.get("failures", 0)))
+        if "l1_hit_rate" in store:
+            metrics.l1_hit_rate.set(float(store["l1_hit_rate"]))
         for surface, tier in engine.tiers.snapshot().items():
             metrics.tier.labels(surface).set(tier["level"])
             metrics.tier_p99.labels(surface).set(tier["p99_ms"])
             metrics.tier_changes.labels(surface).set(tier["changes"])
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    @app.get("/v1/catalog")
+    def get_catalog(
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 48,
+        category: Annotated[str | None, Query(max_length=128)] = None,
+        item_id: Annotated[list[str] | None, Query(max_length=100)] = None,
+    ) -> dict[str, Any]:
+        """Catalog items (id, name, category, brand, price), in catalog order, optionally one
+        category's or the given ``item_id``s; ``categories`` lists every category."""
+        catalog = engine.model.catalog
+        if item_id:
+            chosen = [found for i in item_id if (found := catalog.get(i)) is not None]
+        else:
+            chosen = [i for i in catalog.items if category is None or i.category == category]
+        page = chosen if item_id else chosen[offset : offset + limit]
+        return {
+            "total": len(chosen),
+            "categories": list(catalog.category_names),
+            "items": [i.to_dict() for i in page],
+        }
+
+    @app.get("/v1/demo/users")
+    def demo_users() -> dict[str, Any]:
+        """Users for the demo page's switcher: those with the longest history (embedded store)."""
+        return {"long_history": engine.users_with_most_history(3)}
+
     @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return (
-            "<!doctype html><title>insession</title><h1>insession</h1>"
-            f"<p>Model {engine.model.version}. API: POST /v1/events, POST /v1/recommendations, "
-            "GET /healthz, GET /metrics, <a href='/docs'>/docs</a>.</p>"
-        )
+    def index() -> HTMLResponse:
+        """The demo shop page (static files, no build step)."""
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return app

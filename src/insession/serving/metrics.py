@@ -64,5 +64,20 @@ class ServiceMetrics:
             "insession_stage_cuts_total", "Requests where a stage ran out of time", ["stage"], registry=self.registry
         )
 
+        self.store_up = Gauge(
+            "insession_store_up", "1 while Redis answers, 0 while it is skipped", registry=self.registry
+        )
+        self.store_failures = Gauge(
+            "insession_store_failures", "Redis calls that failed or timed out since start", registry=self.registry
+        )
+        self.capped = Gauge(
+            "insession_events_capped",
+            "Events kept out of item activity: over their user's share of one item (guard rail)",
+            registry=self.registry,
+        )
+        self.l1_hit_rate = Gauge(
+            "insession_l1_hit_rate", "Share of item-activity reads served by L1", registry=self.registry
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

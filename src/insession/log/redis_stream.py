@@ -1,0 +1,157 @@
+"""The event log on Redis Streams: one stream per partition, users spread over partitions.
+
+A user's events always go to partition ``crc32(user_id) % partitions``, so one worker folding a
+partition sees each user's events in the order they were appended (see ``insession.worker``).
+
+Appending is one Lua script per partition touched, run atomically by Redis: for each event it sets
+``{prefix}:{s:<p>}:seen:<event_id>`` if absent (with a TTL of ``dedup_window_s``) and only then
+``XADD``s the event, so an event retried within the window (to any server) is a duplicate, never
+a second entry. Every key a script touches carries the partition's hash tag, so the script runs on
+Redis Cluster too.
+
+Positions: a stream entry id ``<ms>-<seq>`` becomes the integer ``ms * 2**20 + seq``, strictly
+increasing within a partition and ordered by append time across partitions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from insession.events import Event
+from insession.log import AppendResult
+from insession.store.redis import Keys, RedisGuard
+
+SEQ_BITS = 20
+_APPEND = """
+local out = {}
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[1]) then
+    out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
+  else
+    out[#out + 1] = false
+  end
+end
+return out
+"""
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    return zlib.crc32(user_id.encode()) % partitions
+
+
+def position_of(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return (int(ms) << SEQ_BITS) | int(seq or 0)
+
+
+def entry_id_of(position: int) -> str:
+    return f"{position >> SEQ_BITS}-{position & ((1 << SEQ_BITS) - 1)}"
+
+
+def decode_entry(fields: dict[Any, Any]) -> Event:
+    body = fields.get(b"e", fields.get("e"))
+    return Event.from_json(body.decode() if isinstance(body, bytes) else str(body))
+
+
+class RedisStreamEventLog:
+    def __init__(
+        self,
+        client: Any,
+        partitions: int = 16,
+        prefix: str = "is",
+        guard: RedisGuard | None = None,
+        dedup_window_s: int = 3600,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"stream_partitions: expected an integer >= 1, got {partitions}")
+        self.client = client
+        self.partitions = partitions
+        self.keys = Keys(prefix)
+        self.guard = guard or RedisGuard()
+        self.dedup_window_ms = dedup_window_s * 1000
+        self._append = client.register_script(_APPEND)
+
+    def append(self, events: Sequence[Event]) -> AppendResult:
+        """Append ``events``; each partition's share is one atomic script, all in one round trip.
+
+        If Redis fails part-way, some partitions may be written and others not; the caller gets
+        :class:`~insession.errors.StoreUnavailable` and retries the batch, and what was written
+        is then recognised as duplicate by ``event_id``.
+        """
+        if not events:
+            return AppendResult()
+        by_partition: dict[int, list[int]] = {}
+        for n, event in enumerate(events):
+            by_partition.setdefault(partition_of(event.user_id, self.partitions), []).append(n)
+        pipe = self.client.pipeline(transaction=False)
+        order = sorted(by_partition)
+        for p in order:
+            idx = by_partition[p]
+            keys = [self.keys.stream(p)] + [self.keys.seen(p, events[n].event_id) for n in idx]
+            args = [self.dedup_window_ms] + [events[n].to_json() for n in idx]
+            self._append(keys=keys, args=args, client=pipe)
+        replies = self.guard.call("append", pipe.execute)
+        positions: dict[int, int] = {}
+        duplicate_ids: list[str] = []
+        for p, reply in zip(order, replies, strict=True):
+            for n, entry in zip(by_partition[p], reply, strict=True):
+                if entry:
+                    positions[n] = position_of(entry)
+                else:
+                    duplicate_ids.append(events[n].event_id)
+        accepted = [(positions[n], events[n]) for n in sorted(positions)]
+        return AppendResult(accepted, len(duplicate_ids), duplicate_ids)
+
+    def read_partition(self, partition: int, after: int = 0, page: int = 5000) -> Iterator[tuple[int, Event]]:
+        start = "-" if after <= 0 else "(" + entry_id_of(after)
+        key = self.keys.stream(partition)
+        while True:
+            rows = self.guard.call("read", lambda s=start: self.client.xrange(key, min=s, max="+", count=page))  # type: ignore[misc]
+            if not rows:
+                return
+            for entry_id, fields in rows:
+                yield position_of(entry_id), decode_entry(fields)
+            start = "(" + (rows[-1][0].decode() if isinstance(rows[-1][0], bytes) else rows[-1][0])
+
+    def read(self, after: int = 0, limit: int | None = None) -> Iterator[tuple[int, Event]]:
+        """Every partition merged by position (append time); each user's events in their order."""
+        merged = heapq.merge(*(self.read_partition(p, after) for p in range(self.partitions)), key=lambda pe: pe[0])
+        for n, item in enumerate(merged):
+            if limit is not None and n >= limit:
+                return
+            yield item
+
+    def last_position(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xrevrange(self.keys.stream(p), count=1)
+        replies = self.guard.call("last_position", pipe.execute)
+        return max((position_of(r[0][0]) for r in replies if r), default=0)
+
+    def count(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xlen(self.keys.stream(p))
+        return int(sum(self.guard.call("count", pipe.execute)))
+
+    def backlog(self, group: str) -> int:
+        """Entries not yet acknowledged by ``group`` over all partitions: delivered and pending,
+        or not delivered yet (what the workers still have to fold)."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xinfo_groups(self.keys.stream(p))
+        total = 0
+        for p, groups in enumerate(self.guard.call("backlog", pipe.execute)):
+            found = [g for g in groups if g.get("name") in (group, group.encode())]
+            if found:
+                total += int(found[0]["pending"]) + int(found[0].get("lag") or 0)
+            else:  # no worker has read this partition yet
+                total += int(self.guard.call("backlog", lambda p=p: self.client.xlen(self.keys.stream(p))))  # type: ignore[misc]
+        return total
+
+    def close(self) -> None:
+        """The client belongs to whoever made it; nothing to release here."""
