@@ -13,7 +13,16 @@ from insession.config import SessionConfig, Settings
 from insession.evaluation import metrics as m
 from insession.evaluation.baselines import BASELINES, TrainingSessions, fit_baselines
 from insession.evaluation.protocol import TARGET_TYPES, Plan, Split, plan
-from insession.evaluation.runner import CHURN_CURVE, VARIANTS, Lists, Tick, default_workers, run_baseline, run_engine
+from insession.evaluation.runner import (
+    CHURN_CURVE,
+    EVAL_SURFACE,
+    VARIANTS,
+    Lists,
+    Tick,
+    default_workers,
+    run_baseline,
+    run_engine,
+)
 from insession.model import ModelBundle
 from insession.pipeline import Recommender
 from insession.training import TrainConfig, sessionize, train
@@ -45,6 +54,8 @@ class EvalOptions:
     k: int = 20
     train: TrainConfig = field(default_factory=TrainConfig)  # how the engine is trained when no model is given
     churn_curve: bool = False  # also replay the engine under each churn budget of CHURN_CURVE
+    #: Hot-spot control on the evaluated surface: (hot_threshold, hot_discount), or None (off).
+    hot: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -121,7 +132,12 @@ def evaluate(
     if stable and "joint" not in views:
         views.insert(0, "joint")
     if views:
-        recommender = Recommender(model, settings.surfaces, session_cfg.timeout_ms)
+        surfaces = dict(settings.surfaces)
+        if options.hot is not None:
+            surfaces[EVAL_SURFACE.name] = replace(
+                EVAL_SURFACE, hot_threshold=options.hot[0], hot_discount=options.hot[1]
+            )
+        recommender = Recommender(model, surfaces, session_cfg.timeout_ms)
         title = f"insession ({', '.join(views)}{', churn budgets' if stable else ''})"
         tick = stage(title, len(plan_.pairs))
         engine_run = run_engine(recommender, plan_, session_cfg, views + stable, options.k, options.workers, tick)

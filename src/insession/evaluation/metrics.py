@@ -8,6 +8,7 @@ and every baseline, is scored by the same lines of code.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,7 +41,9 @@ def accuracy(ranks: npt.NDArray[np.int64], cutoffs: Sequence[int] = CUTOFFS) -> 
 def beyond_accuracy(
     lists: npt.NDArray[np.int64], popularity: npt.NDArray[np.float64], n_items: int, k: int = 20
 ) -> dict[str, float]:
-    """Item coverage@k (share of the catalog that appears in any list) and popularity bias@k.
+    """Item coverage@k (share of the catalog that appears in any list), popularity bias@k, and
+    the hot-spot share: the share of all top-k impressions taken by the 1% of the catalog's items
+    shown most often (``top1%share@k``).
 
     Popularity bias is the mean, over lists, of the mean training popularity of the listed items
     scaled by the most popular item's (1.0: every list holds only the most popular item).
@@ -50,9 +53,12 @@ def beyond_accuracy(
     shown = np.unique(top[valid])
     scaled = popularity / max(float(popularity.max()), 1e-12)
     per_list = np.where(valid, scaled[np.where(valid, top, 0)], 0.0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    shows = np.sort(np.bincount(top[valid], minlength=max(n_items, 1)))[::-1]
+    hot = max(1, math.ceil(0.01 * n_items))
     return {
         f"coverage@{k}": float(len(shown) / max(n_items, 1)),
         f"popularity@{k}": float(per_list.mean()) if len(per_list) else 0.0,
+        f"top1%share@{k}": float(shows[:hot].sum() / max(int(shows.sum()), 1)),
     }
 
 

@@ -25,6 +25,7 @@ TABLE_KEYS = (
     "NDCG@20",
     "coverage@20",
     "popularity@20",
+    "top1%share@20",
     "churn@20",
 )
 
@@ -142,7 +143,8 @@ def markdown(result: EvalResult, plots: Sequence[str], title: str) -> str:
         "`insession` is the engine as served (joint); `insession/session-only` drops the user's earlier "
         "sessions, `insession/long-term-only` drops the current session. Coverage@20 is the share of the "
         "catalog shown in any list; popularity@20 the mean training popularity of listed items relative to "
-        "the most popular item; churn@20 the share of a list's top 20 not in the session's previous list.",
+        "the most popular item; top1%share@20 the share of all top-20 impressions taken by the 1% of the "
+        "catalog shown most often; churn@20 the share of a list's top 20 not in the session's previous list.",
         "",
         "## Comparisons (relative)",
         "",
