@@ -86,6 +86,13 @@ class Catalog:
         return Catalog([Item.from_dict(r) for r in raw])
 
 
+def item_of(event: Event) -> Item:
+    """The item an event is about, with the metadata the event carries (``item_id`` required)."""
+    if event.item_id is None:
+        raise ValueError(f"event {event.event_id!r} carries no item_id")
+    return Item(event.item_id, event.prop_str("category"), event.prop_str("brand"), event.prop_float("price"))
+
+
 def catalog_from_events(events: Iterable[Event], known: Iterable[Item] = ()) -> Catalog:
     """Items seen in ``events``, with the latest metadata each carried; ``known`` items first win.
 

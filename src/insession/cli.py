@@ -389,6 +389,13 @@ def evaluate(
         ),
     ] = None,
     hot_discount: Annotated[float, typer.Option(help="With --hot-threshold: the discount per ln(ratio).")] = 1.0,
+    learn_online: Annotated[
+        bool,
+        typer.Option(
+            help="Predict, then learn: the engine's online co-visitation also learns from test events as they "
+            "are replayed. Off (default), it learns from training events only, like the baselines."
+        ),
+    ] = False,
 ) -> None:
     """Score the engine, its ablations and the baselines on the next-item protocol; write a report."""
     with _errors():
@@ -414,6 +421,7 @@ def evaluate(
             train=_train_config(sequence),
             churn_curve=churn_curve,
             hot=None if hot_threshold is None else (hot_threshold, hot_discount),
+            learn_online=learn_online,
         )
         if hot_threshold is not None:  # the same checks as a surface's own settings
             SurfaceConfig("evaluate", hot_threshold=hot_threshold, hot_discount=hot_discount)
@@ -630,6 +638,7 @@ def replay(
     from insession.clock import ManualClock
     from insession.features.activity import NAMESPACE
     from insession.log.sqlite import SqliteEventLog
+    from insession.online import covisit
     from insession.replay import check
     from insession.store.memory import MemoryFeatureStore
 
@@ -645,17 +654,31 @@ def replay(
         users = {u: s.to_bytes() for u in store.users() if (s := store.get_session(u)) is not None}
         keys = store.keys(NAMESPACE)
         items = {k: v for k, v in zip(keys, store.get_many(NAMESPACE, keys), strict=True) if v is not None}
+        fkeys = store.keys(covisit.NAMESPACE)
+        followers = {
+            k: v for k, v in zip(fkeys, store.get_many(covisit.NAMESPACE, fkeys), strict=True) if v is not None
+        }
         log = SqliteEventLog(settings.data_dir / LOG_FILE)
         with console.status("replaying the event log"):
-            result = check(log.read(), store.applied_position(), settings.session, users, items)
+            result = check(
+                log.read(),
+                store.applied_position(),
+                settings.session,
+                users,
+                items,
+                followers,
+                learn=settings.learn_online,
+            )
         log.close()
         console.print(
             f"replayed {result.position} events: {result.users} users, {result.items} items; "
-            f"{len(result.differing_users)} users and {len(result.differing_items)} items differ from the snapshot"
+            f"{len(result.differing_users)} users, {len(result.differing_items)} items and "
+            f"{len(result.differing_followers)} online co-visitation lists differ from the snapshot"
         )
         if not result.identical:
             console.print(f"differing users: {', '.join(result.differing_users[:10])}")
             console.print(f"differing items: {', '.join(result.differing_items[:10])}")
+            console.print(f"differing co-visitation lists: {', '.join(result.differing_followers[:10])}")
             raise typer.Exit(1)
         console.print("identical: the log rebuilds the live state byte for byte")
 

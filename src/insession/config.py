@@ -81,6 +81,9 @@ class SurfaceConfig:
     #: its score (tiers full and fast), so a few items do not take every list. ``None``: off.
     hot_threshold: float | None = None
     hot_discount: float = 1.0
+    #: Exploration: ``floor(k * explore_share)`` of the last positions go to a seeded Thompson-
+    #: sampling bandit over the next-best candidates (``online.bandit``). 0: off.
+    explore_share: float = 0.0
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "surface.name", "a non-empty string", self.name)
@@ -106,6 +109,12 @@ class SurfaceConfig:
             f"surfaces.{self.name}.hot_threshold",
             "0 < x <= 1 (or absent)",
             self.hot_threshold,
+        )
+        _require(
+            0 <= self.explore_share <= 0.5,
+            f"surfaces.{self.name}.explore_share",
+            "0 <= x <= 0.5",
+            self.explore_share,
         )
         _require(self.hot_discount >= 0, f"surfaces.{self.name}.hot_discount", "a number >= 0", self.hot_discount)
         _require(self.recover_hold_s >= 0, f"surfaces.{self.name}.recover_hold_s", ">= 0 seconds", self.recover_hold_s)
@@ -161,6 +170,9 @@ class Settings:
     l1_max_age_ms: float = 1000.0
     #: Redis only: a retried ``event_id`` is recognised as a duplicate for this long.
     dedup_window_s: int = 3600
+    #: Learn from the stream as it arrives: online co-visitation counts, and items the model was
+    #: trained without join the catalog (embedded engine). ``False``: the trained model only.
+    learn_online: bool = True
 
     def __post_init__(self) -> None:
         _require(self.state_ttl_s > 0, "state_ttl_s", "a positive integer", self.state_ttl_s)
@@ -243,6 +255,10 @@ def _from_toml(path: Path) -> dict[str, Any]:
     for key in ("store_timeout_ms", "l1_max_age_ms"):
         if key in doc:
             out[key] = float(doc[key])
+    if "learn_online" in doc:
+        if not isinstance(doc["learn_online"], bool):
+            raise ValidationError([FieldError("learn_online", "true or false", describe(doc["learn_online"]))])
+        out["learn_online"] = doc["learn_online"]
     if "data_dir" in doc:
         out["data_dir"] = Path(doc["data_dir"])
     if "model_dir" in doc:

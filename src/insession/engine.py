@@ -8,6 +8,7 @@ append and fold loses nothing: the log is the source of truth.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,13 +21,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from insession.catalog import Item, item_of
 from insession.clock import Clock, SystemClock
 from insession.config import Settings, SurfaceConfig
 from insession.errors import FieldError, NotFound, SnapshotCorrupt, StoreUnavailable, Unsupported
 from insession.events import Event, validate_event
 from insession.explain import Explainer, Explanation
+from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemActivity
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
-from insession.features.activity import ActivityDecoder, ItemActivity
 from insession.features.profile import build_profile
 from insession.fold import FoldStats, fold_event
 from insession.freshness import ListCache, ShownLists
@@ -35,6 +37,8 @@ from insession.log.redis_stream import RedisStreamEventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.manifest import REQUEST_LOG_FILE, Manifest, RequestLog, config_hash, seed_of
 from insession.model import ModelBundle
+from insession.online import covisit
+from insession.online.bandit import BanditStats
 from insession.pipeline import Recommender, RecommendRequest, RecommendResponse, no_activity
 from insession.rerank import churn_at_k
 from insession.sessions import SessionState
@@ -46,6 +50,10 @@ from insession.tiers import TierMonitor
 from insession.worker import GROUP, StreamWorker
 
 logger = logging.getLogger(__name__)
+#: Where the items that joined the catalog online are kept (one value: their list, in order).
+CATALOG_NAMESPACE = "catalog"
+ADDED_KEY = "added"
+CATALOG_TTL_S = 10 * 365 * 24 * 3600
 
 LOG_FILE = "events.sqlite"
 SNAPSHOT_FILE = "state.snapshot"
@@ -109,6 +117,8 @@ class Engine:
         self.tiers = TierMonitor(settings.surfaces)
         self.lists = ListCache()
         self.shown = ShownLists()
+        #: Exploration feedback: impressions of served lists, clicks on shown items (this process).
+        self.bandit = BanditStats()
         self._lock = threading.Lock()
         self._decoder = ActivityDecoder()
         #: Events the guard rail kept out of item activity (folded here; on Redis, by the workers).
@@ -118,6 +128,38 @@ class Engine:
         self.guard: RedisGuard | None = None
         self._stop = threading.Event()
         self._workers: list[tuple[StreamWorker, threading.Thread]] = []
+        self._restore_items()
+
+    def _restore_items(self) -> None:
+        """Items that joined the catalog online before a restart join again, in the same order."""
+        raw = self.store.get_many(CATALOG_NAMESPACE, [ADDED_KEY])[0]
+        if raw is not None:
+            self._adopt(self.model.with_items([Item.from_dict(d) for d in json.loads(raw)]))
+
+    def _adopt(self, model: ModelBundle) -> None:
+        self.model = model
+        self.recommender.adopt(model)
+
+    def _join_items(self, events: Iterable[Event]) -> None:
+        """Items the model does not know join the catalog (with the category, brand and price
+        their events carry) and become recommendable without retraining; the list of joined items
+        is kept in the store so a restart rebuilds the same model version."""
+        if not self.settings.learn_online or not self.folds_inline:
+            return
+        known = self.model.catalog.index
+        fresh = [e for e in events if e.item_id is not None and e.item_id not in known]
+        if not fresh:
+            return
+        # Each joins with what its first event says: the same items in the same order, with the
+        # same metadata, however the events were batched (so a restart gets the same version).
+        first: dict[str, Event] = {}
+        for e in fresh:
+            first.setdefault(e.item_id, e)  # type: ignore[arg-type]
+        model = self.model.with_items([item_of(e) for e in first.values()])
+        raw = json.dumps([i.to_dict() for i in model.added], sort_keys=True).encode()
+        self.store.put_many(CATALOG_NAMESPACE, {ADDED_KEY: raw}, CATALOG_TTL_S)
+        self._adopt(model)
+        logger.info("%d new items joined the catalog (model %s)", len(model.catalog) - len(known), model.version)
 
     @property
     def folds_inline(self) -> bool:
@@ -195,16 +237,26 @@ class Engine:
             start = self.store.applied_position()
             last = self.log.last_position()
             n = 0
+            fresh: list[Event] = []
             for position, event in self.log.read(after=start):
                 self._apply(position, event)
+                if event.item_id is not None and event.item_id not in self.model.catalog.index:
+                    fresh.append(event)
                 n += 1
                 if progress is not None and n % 5000 == 0:
                     progress(position - start, last - start)
+            self._join_items(fresh)
             return n
 
     def _apply(self, position: int, event: Event) -> SessionState:
         state = fold_event(
-            self.store, position, event, self.settings.session, self.settings.state_ttl_s, self.fold_stats
+            self.store,
+            position,
+            event,
+            self.settings.session,
+            self.settings.state_ttl_s,
+            self.fold_stats,
+            self.settings.learn_online,
         )
         self.store.set_applied_position(position)
         return state
@@ -213,6 +265,17 @@ class Engine:
         """Live item activity from the store (what the ranker's streaming item features read)."""
         decode = self._decoder.decode
         return [None if raw is None else decode(raw) for raw in self.store.get_many(ACTIVITY_NAMESPACE, item_ids)]
+
+    def _credit(self, event: Event) -> None:
+        """A click for exploration when the user acts on an item of a list they were shown last."""
+        item = event.item_id
+        if item is not None and event.type in ACTIVITY_WEIGHTS and item in self.shown.shown_to(event.user_id):
+            self.bandit.clicked(item)
+
+    def neighbours(self, item_ids: Sequence[str]) -> list[covisit.Neighbours | None]:
+        """The online co-visitation lists of items from the store (``online.covisit``)."""
+        raws = self.store.get_many(covisit.NAMESPACE, item_ids)
+        return [None if raw is None else covisit.Neighbours.from_bytes(raw) for raw in raws]
 
     def ingest(self, events: Sequence[Event]) -> AppendResult:
         """Append validated events to the log, then fold the newly accepted ones into state (on
@@ -223,6 +286,8 @@ class Engine:
             result = self.log.append(events)
             for position, event in result.accepted:
                 self._apply(position, event)
+                self._credit(event)
+            self._join_items(e for _, e in result.accepted)
             self._since_snapshot += len(result.accepted)
             if self.snapshot_path is not None and self._since_snapshot >= self.settings.snapshot_every_events:
                 self._snapshot_locked()
@@ -296,7 +361,16 @@ class Engine:
             kept = self.lists.lookup(surface, req, state, lambda: self._intent(req, state))
             tier = self.tiers.tier(req.surface)
             if kept is None:
-                response = self.recommender.recommend(req, state, self.activity, tier, previous)
+                response = self.recommender.recommend(
+                    req,
+                    state,
+                    self.activity,
+                    tier,
+                    previous,
+                    neighbours=self.neighbours,
+                    feedback=self.bandit.counts,
+                    seed=seed_of(req.request_id, state.session_version if state else 0),
+                )
         if kept is not None:
             response = replace(
                 kept.response,
@@ -310,6 +384,7 @@ class Engine:
             self.tiers.record(req.surface, (time.perf_counter() - started) * 1000)
         ids = [i.item_id for i in response.items]
         self.shown.remember(req, state, ids)
+        self.bandit.shown(ids)
         if self.requests is not None:
             origin = kept.response.request_id if kept is not None else None
             self.requests.write(self._manifest(req, state, position, tier, previous, response, origin))
@@ -335,7 +410,7 @@ class Engine:
             now_ms=req.now_ms,
             log_position=position,
             session_version=version,
-            model_version=self.model.version,
+            model_version=response.model_version,
             config=self.config_version,
             seed=seed_of(req.request_id, version),
             tier_asked=tier,
@@ -346,6 +421,7 @@ class Engine:
             previous=list(previous),
             items=[i.item_id for i in response.items],
             cached_from=origin,
+            explored=list(response.explored),
         )
 
     def explain(self, request_id: str) -> Explanation:

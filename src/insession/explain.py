@@ -76,12 +76,30 @@ class Explainer:
         self.log = log
         self.requests = requests
         self.recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
-        self._replay = Replay(settings.session)
+        self._replay = self._fresh()
         self._position = 0
+        self._by_version: dict[str, Recommender] = {}
+
+    def _recommender(self, version: str) -> Recommender:
+        """The recommender of the model as it was at ``version`` (items join the catalog online)."""
+        if version == self.recommender.model.version:
+            return self.recommender
+        model = self.model.at_version(version)
+        if model is None:
+            return self.recommender  # another model: the caller compares the versions
+        found = self._by_version.get(version)
+        if found is None:
+            found = self._by_version[version] = Recommender(
+                model, self.settings.surfaces, self.settings.session.timeout_ms
+            )
+        return found
+
+    def _fresh(self) -> Replay:
+        return Replay(self.settings.session, learn=self.settings.learn_online)
 
     def _fold_to(self, position: int) -> None:
         if position < self._position:
-            self._replay, self._position = Replay(self.settings.session), 0
+            self._replay, self._position = self._fresh(), 0
         for pos, event in self.log.read(after=self._position):
             if pos > position:
                 break
@@ -102,7 +120,7 @@ class Explainer:
         if served.cached_from is not None:
             computed = self.manifest(served.cached_from)
             note = f"served from the freshness cache; computed by request {served.cached_from}"
-        if computed.model_version != self.model.version:
+        if self.model.at_version(computed.model_version) is None:
             raise ModelError(
                 f"model: request {request_id} was served by model {computed.model_version}, this is "
                 f"{self.model.version}; load that model directory to explain it"
@@ -132,9 +150,11 @@ class Explainer:
     def recompute(self, m: Manifest) -> RecommendResponse:
         self._fold_to(m.log_position)
         req = RecommendRequest(m.user_id, m.surface, m.k, dict(m.context), m.request_id, m.now_ms)
-        forced = Forced(m.tier, tuple(m.skipped_sources), m.ranked_rows, tuple(m.cut))
+        forced = Forced(m.tier, tuple(m.skipped_sources), m.ranked_rows, tuple(m.cut), tuple(m.explored))
         state = self._replay.state(m.user_id)
-        return self.recommender.recommend(req, state, self._replay.lookup, m.tier, m.previous, forced)
+        return self._recommender(m.model_version).recommend(
+            req, state, self._replay.lookup, m.tier, m.previous, forced, neighbours=self._replay.neighbours
+        )
 
     def _items(self, response: RecommendResponse) -> list[ItemExplanation]:
         row_of = {item_id: n for n, item_id in enumerate(response.candidate_ids)}

@@ -144,6 +144,7 @@ class ShownLists:
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
         self._shown: OrderedDict[tuple[str, str], tuple[str | None, tuple[str, ...]]] = OrderedDict()
+        self._surfaces: dict[str, set[str]] = {}  # user -> the surfaces with a kept list
         self._lock = threading.Lock()
 
     def previous(self, req: RecommendRequest, state: SessionState | None) -> tuple[str, ...]:
@@ -154,13 +155,29 @@ class ShownLists:
             return ()
         return found[1]
 
+    def shown_to(self, user_id: str) -> set[str]:
+        """Every item of the lists this user was shown last, on any surface."""
+        out: set[str] = set()
+        with self._lock:
+            for surface in self._surfaces.get(user_id, ()):
+                found = self._shown.get((user_id, surface))
+                if found is not None:
+                    out.update(found[1])
+        return out
+
     def remember(self, req: RecommendRequest, state: SessionState | None, items: Sequence[str]) -> None:
         key = (req.user_id, req.surface)
         with self._lock:
             self._shown[key] = (state.session_id if state else None, tuple(items))
             self._shown.move_to_end(key)
+            self._surfaces.setdefault(req.user_id, set()).add(req.surface)
             while len(self._shown) > self.max_entries:
-                self._shown.popitem(last=False)
+                (user, surface), _ = self._shown.popitem(last=False)
+                left = self._surfaces.get(user)
+                if left is not None:
+                    left.discard(surface)
+                    if not left:
+                        del self._surfaces[user]
 
 
 def cache_control(surface: SurfaceConfig, age_ms: int = 0) -> str:

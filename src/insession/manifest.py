@@ -18,7 +18,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class Manifest:
     previous: list[str]
     items: list[str]
     cached_from: str | None = None
+    explored: list[str] = field(default_factory=list)  # items exploration put in the list
 
     def to_json(self) -> str:
         # Fields are JSON values already; no deep copy (``asdict``) on the request path.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy.typing as npt
 
 from insession.candidates.ann import AnnIndex
 from insession.candidates.session_index import SessionIndex
-from insession.catalog import Catalog
+from insession.catalog import Catalog, Item
 from insession.errors import ModelError
 from insession.sequence.model import SequenceModel
 
@@ -70,6 +71,10 @@ class ModelBundle:
     params: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     version: str = ""
+    #: Items that joined after training (``with_items``), in the order they joined, and the model
+    #: they joined: this bundle is ``base.with_items(added)``.
+    added: tuple[Item, ...] = ()
+    base: ModelBundle | None = None
     popular_order: npt.NDArray[np.int64] = field(init=False)
     category_items: dict[int, npt.NDArray[np.int64]] = field(init=False)
 
@@ -88,6 +93,76 @@ class ModelBundle:
         self.category_items = {int(code): self.popular_order[codes == code] for code in np.unique(codes) if code >= 0}
         if not self.version:
             self.version = _version(self._files())
+
+    def with_items(self, items: Sequence[Item]) -> ModelBundle:
+        """This model with ``items`` it does not know appended to the catalog, without retraining:
+        zero popularity, no trained neighbours, their category's mean vector as embedding (see
+        ``_cold_vectors``), no sequence-model signal; they
+        are found through what the engine learns online (``online.covisit``) and the live
+        features. The version is a hash of the base model's and of every added item, so the same
+        items joining in the same order give the same version however they were batched."""
+        known = self.catalog.index
+        new = list({i.item_id: i for i in items if i.item_id not in known}.values())
+        if not new:
+            return self
+        base = self.base or self
+        added = (*self.added, *new)
+        k = len(new)
+        digest = hashlib.sha256(base.version.encode())
+        digest.update(json.dumps([i.to_dict() for i in added], sort_keys=True).encode())
+        sequence = self.sequence.padded(len(self.catalog) + k) if self.sequence is not None else None
+        sessions = self.sessions
+        if sessions is not None:
+            sessions = SessionIndex(sessions.items, sessions.starts, sessions.last_ts, len(self.catalog) + k)
+        return ModelBundle(
+            catalog=Catalog([*self.catalog.items, *new]),
+            covisit=CovisitMatrix(
+                np.concatenate([self.covisit.indptr, np.full(k, self.covisit.indptr[-1], dtype=np.int64)]),
+                self.covisit.indices,
+                self.covisit.weights,
+            ),
+            popularity=np.concatenate([self.popularity, np.zeros(k, dtype=np.float32)]),
+            embeddings=np.vstack([self.embeddings, self._cold_vectors(new)]),
+            ann=self.ann,
+            ranker=self.ranker,
+            sessions=sessions,
+            sequence=sequence,
+            sequence_ann=self.sequence_ann,
+            params=self.params,
+            stats=self.stats,
+            version=f"{base.version}+{digest.hexdigest()[:8]}",
+            added=added,
+            base=base,
+        )
+
+    def _cold_vectors(self, items: Sequence[Item]) -> npt.NDArray[np.float32]:
+        """A starting vector for each joined item: the normalised mean of its category's trained
+        vectors (content-based cold start; zero without a known category)."""
+        out = np.zeros((len(items), self.embeddings.shape[1]), dtype=np.float32)
+        codes = {name: n for n, name in enumerate(self.catalog.category_names)}
+        for row, item in enumerate(items):
+            members = self.category_items.get(codes.get(item.category or "", -1))
+            if members is None or not len(members):
+                continue
+            mean = self.embeddings[members].mean(axis=0)
+            norm = float(np.linalg.norm(mean))
+            if norm > 0:
+                out[row] = mean / norm
+        return out
+
+    def at_version(self, version: str) -> ModelBundle | None:
+        """The model as it was at ``version``: this one, or its base with the first items added
+        (``None`` if ``version`` is not in this model's line)."""
+        if version == self.version:
+            return self
+        base = self.base or self
+        if version == base.version:
+            return base
+        for n in range(1, len(self.added)):
+            candidate = base.with_items(self.added[:n])
+            if candidate.version == version:
+                return candidate
+        return None
 
     def _files(self) -> dict[str, bytes]:
         buf = io.BytesIO()

@@ -21,7 +21,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from insession.candidates.base import Candidate, CandidateSource, RequestContext
 from insession.candidates.content import ContentSource
-from insession.candidates.covisit import CovisitSource
+from insession.candidates.covisit import CovisitSource, OnlineCovisitSource
 from insession.candidates.embedding import EmbeddingSource
 from insession.candidates.knn import SessionKnnSource
 from insession.candidates.merge import Merged, merge
@@ -42,6 +42,7 @@ from insession.features.activity import ItemActivity
 from insession.features.profile import ProfileConfig, build_profile
 from insession.features.streaming import AnchorConfig, session_anchors
 from insession.model import ModelBundle
+from insession.online import bandit, covisit
 from insession.ranking.features import feature_matrix
 from insession.ranking.learned import LearnedScorer
 from insession.ranking.simple import SimpleScorer
@@ -53,6 +54,22 @@ ActivityLookup = Callable[[Sequence[str]], list[ItemActivity | None]]
 
 
 def no_activity(items: Sequence[str]) -> list[ItemActivity | None]:
+    return [None] * len(items)
+
+
+#: Reads the exploration feedback of items (by id): (impressions, clicks) each.
+FeedbackLookup = Callable[[Sequence[str]], list[tuple[int, int]]]
+
+
+def no_feedback(items: Sequence[str]) -> list[tuple[int, int]]:
+    return [(0, 0)] * len(items)
+
+
+#: Reads the online co-visitation lists of items (by id); ``None`` where none is kept.
+NeighbourLookup = Callable[[Sequence[str]], list[covisit.Neighbours | None]]
+
+
+def no_neighbours(items: Sequence[str]) -> list[covisit.Neighbours | None]:
     return [None] * len(items)
 
 
@@ -77,6 +94,7 @@ class Forced:
     skipped_sources: tuple[str, ...] = ()
     ranked_rows: int | None = None
     cut: tuple[str, ...] = ()
+    explored: tuple[str, ...] = ()  # the items exploration put in the list
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +135,8 @@ class RecommendResponse:
     skipped_sources: tuple[str, ...] = ()
     #: Items the surface's churn budget moved or held against the list shown before.
     stabilised: tuple[str, ...] = ()
+    #: Items exploration put in the last positions (tagged ``explore`` in their sources).
+    explored: tuple[str, ...] = ()
     #: How many candidates the learned ranker scored when the ranking deadline truncated them.
     ranked_rows: int | None = None
     #: Served again from the freshness cache (``session``/``batch`` surfaces) instead of computed.
@@ -164,6 +184,7 @@ class PipelineConfig:
     quotas: Mapping[str, int] = field(
         default_factory=lambda: {
             "covisit": 200,
+            "covisit_online": 50,
             "session_ann": 100,
             "user_ann": 60,
             "content": 80,
@@ -173,6 +194,8 @@ class PipelineConfig:
         }
     )
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    #: How many of the heaviest anchors the online co-visitation lists are read for.
+    online_anchors: int = 10
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
@@ -199,6 +222,7 @@ class Recommender:
         self.sources: tuple[CandidateSource, ...] = (
             RecentSource(),
             CovisitSource(),
+            OnlineCovisitSource(),
             SessionKnnSource(),
             SequenceSource(),
             EmbeddingSource("session_ann", "session"),
@@ -207,14 +231,20 @@ class Recommender:
             PopularitySource(),
         )
         self.simple = SimpleScorer()
-        pop = np.asarray(model.popularity, dtype=np.float64)
-        relative = pop / max(float(pop.max()) if len(pop) else 1.0, 1e-12)
-        self._log_relative_popularity = np.log(np.maximum(relative, 1e-12))
+        self.adopt(model)
         self.learned = (
             LearnedScorer(model.ranker, model.params.get("ranker", {}).get("features", ()))
             if model.ranker is not None
             else None
         )
+
+    def adopt(self, model: ModelBundle) -> None:
+        """Serve ``model`` from now on: the same trained model with items that joined since
+        (``ModelBundle.with_items``); the ranker is the same."""
+        self.model = model
+        pop = np.asarray(model.popularity, dtype=np.float64)
+        relative = pop / max(float(pop.max()) if len(pop) else 1.0, 1e-12)
+        self._log_relative_popularity = np.log(np.maximum(relative, 1e-12))
 
     def surface(self, name: str) -> SurfaceConfig:
         found = self.surfaces.get(name)
@@ -222,18 +252,23 @@ class Recommender:
             raise ValidationError([FieldError("surface", f"one of {', '.join(sorted(self.surfaces))}", describe(name))])
         return found
 
-    def context(self, req: RecommendRequest, state: SessionState | None, personal: bool = True) -> RequestContext:
+    def context(
+        self,
+        req: RecommendRequest,
+        state: SessionState | None,
+        personal: bool = True,
+        neighbours: NeighbourLookup = no_neighbours,
+    ) -> RequestContext:
         """What every stage reads. ``personal=False`` (the ``popular`` tier) skips the anchors and
         the profile: the state is still there for the rules that keep purchases and dismissals out."""
         anchors: tuple[tuple[int, float], ...] = ()
+        online: dict[int, float] = {}
         profile = None
         if personal:
             index = self.model.catalog.index
-            anchors = tuple(
-                (index[item_id], w)
-                for item_id, w in session_anchors(state, self.cfg.anchors, req.now_ms, self.session_timeout_ms)
-                if item_id in index
-            )
+            weighted = session_anchors(state, self.cfg.anchors, req.now_ms, self.session_timeout_ms)
+            anchors = tuple((index[item_id], w) for item_id, w in weighted if item_id in index)
+            online = self._followers(weighted, neighbours, req.now_ms)
             profile = build_profile(state, self.model, req.now_ms, self.session_timeout_ms, self.cfg.profile)
         return RequestContext(
             user_id=req.user_id,
@@ -242,11 +277,32 @@ class Recommender:
             state=state,
             model=self.model,
             anchors=anchors,
+            online=online,
             now_ms=req.now_ms,
             current_item=req.context.get("item_id"),
             context=req.context,
             profile=profile,
         )
+
+    def _followers(
+        self, weighted: Sequence[tuple[str, float]], neighbours: NeighbourLookup, now_ms: int
+    ) -> dict[int, float]:
+        """Online co-visitation from the anchors (also those the model does not know yet): each
+        anchor's followers, scaled by its heaviest so every anchor speaks with its own weight."""
+        weighted = weighted[: self.cfg.online_anchors]
+        if not weighted:
+            return {}
+        index = self.model.catalog.index
+        out: dict[int, float] = {}
+        for (_, w), found in zip(weighted, neighbours([i for i, _ in weighted]), strict=True):
+            if found is None or not found.weights or found.weights[0] <= 0:
+                continue
+            scale = w / found.weights[0]  # decay scales a whole row alike: skip it
+            for item_id, weight in zip(found.items, found.weights, strict=True):
+                idx = index.get(item_id)
+                if idx is not None:
+                    out[idx] = out.get(idx, 0.0) + weight * scale
+        return out
 
     def gather(
         self, ctx: RequestContext, deadline: float = math.inf, skip: tuple[str, ...] = ()
@@ -277,6 +333,9 @@ class Recommender:
         tier: str = "full",
         previous: Sequence[str] = (),
         forced: Forced | None = None,
+        neighbours: NeighbourLookup = no_neighbours,
+        feedback: FeedbackLookup = no_feedback,
+        seed: int = 0,
     ) -> RecommendResponse:
         """One list. ``tier`` is the best tier to try; ``previous`` is what this user was last
         shown on this surface in this session, for the surface's churn budget. ``forced`` replays
@@ -304,7 +363,7 @@ class Recommender:
             t1 = clock()
             merged, _ = self._popular(ctx)
         else:
-            ctx = self.context(req, state)
+            ctx = self.context(req, state, neighbours=neighbours)
             t1 = clock()
             if t1 > deadlines["features"]:
                 cut.append("features")
@@ -354,14 +413,18 @@ class Recommender:
         if surface.hot_threshold is not None and served != "popular":
             scores = self._cool(merged, scores, surface.hot_threshold, surface.hot_discount)
         ids = self.model.catalog.ids
+        n_explore = bandit.slots(req.k, surface.explore_share) if served != "popular" else 0
         ranked = [
             Ranked(ids[merged[n].item], merged[n].item, scores[n], tuple(sorted(merged[n].sources)))
-            for n in self._best(merged, scores, req.k, state, previous)
+            for n in self._best(merged, scores, req.k + (bandit.POOL if n_explore else 0), state, previous)
         ]
         t3 = clock()
         timings["ranking"] = (t3 - t2) * 1000
         kept, removed = apply_rules(ctx, surface, ranked)
         kept, moved = stabilise(kept, previous, req.k, surface.keep_top, surface.keep_margin, surface.max_new)
+        explored: tuple[str, ...] = ()
+        if n_explore:
+            kept, explored = self._explore(kept, req.k, n_explore, feedback, seed, forced)
         items = tuple(RecommendedItem(r.item_id, r.score, r.sources) for r in kept[: req.k])
         t4 = clock()
         timings["rerank"] = (t4 - t3) * 1000
@@ -380,11 +443,26 @@ class Recommender:
             cut=forced.cut if forced is not None else tuple(cut),
             skipped_sources=skipped,
             stabilised=tuple(moved),
+            explored=explored,
             ranked_rows=ranked_rows,
             intent=ctx.profile.session_embedding if ctx.profile is not None else None,
             candidate_ids=tuple(ids[m.item] for m in merged),
             features=x,
         )
+
+    @staticmethod
+    def _explore(
+        kept: list[Ranked], k: int, n: int, feedback: FeedbackLookup, seed: int, forced: Forced | None
+    ) -> tuple[list[Ranked], tuple[str, ...]]:
+        """The last ``n`` of the top ``k`` given to the bandit's picks from the next-best
+        ``bandit.POOL`` (which passed every rule); ``forced`` replays a served request's picks."""
+        pool = kept[k : k + bandit.POOL]
+        if not pool:
+            return kept, ()
+        ids = [r.item_id for r in pool]
+        chosen = set(forced.explored if forced is not None else bandit.choose(ids, feedback(ids), n, seed))
+        picked = [replace(r, sources=(*r.sources, "explore")) for r in pool if r.item_id in chosen]
+        return kept[: k - len(picked)] + picked, tuple(r.item_id for r in picked)
 
     def _cool(
         self, merged: Sequence[Merged], scores: Sequence[float], threshold: float, discount: float

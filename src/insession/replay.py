@@ -16,37 +16,55 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from insession.config import SessionConfig
 from insession.events import Event
-from insession.features.activity import ItemActivity, bump
+from insession.features.activity import ItemActivity, bump, capped
+from insession.online import covisit
 from insession.sessions import SessionState, advance, apply
 
 
 class Replay:
-    """Per-user state and per-item activity, folded event by event."""
+    """Per-user state, per-item activity and online co-visitation, folded event by event exactly as
+    ``fold.fold_event`` folds them into a store."""
 
-    def __init__(self, session_cfg: SessionConfig, users: frozenset[str] | None = None) -> None:
+    def __init__(self, session_cfg: SessionConfig, learn: bool | npt.NDArray[np.bool_] = True) -> None:
         self.session_cfg = session_cfg
-        self.users = users  # fold state only for these users (activity is folded for every event)
+        #: Whether online co-visitation learns from events: all, none, or per stream position
+        #: (``learn[position - 1]``): a "batch-only" evaluation learns from training events only.
+        self.learn = learn
         self.states: dict[str, SessionState] = {}
         self.activity: dict[str, ItemActivity] = {}
+        self.followers: dict[str, covisit.Neighbours] = {}
 
     def apply(self, position: int, event: Event) -> None:
         """Fold ``event``, the ``position``-th (1-based) event of the stream."""
-        if self.users is None or event.user_id in self.users:
-            self.states[event.user_id] = apply(self.states.get(event.user_id), event, self.session_cfg, position)
-        if event.item_id is not None:
-            bumped = bump(self.activity.get(event.item_id), event)
-            if bumped is not None:
-                self.activity[event.item_id] = bumped
+        old_state = self.states.get(event.user_id)
+        self.states[event.user_id] = apply(old_state, event, self.session_cfg, position)
+        item = event.item_id
+        if item is None or capped(old_state, event):
+            return
+        bumped = bump(self.activity.get(item), event)
+        if bumped is not None:
+            self.activity[item] = bumped
+        learning = self.learn if isinstance(self.learn, bool) else bool(self.learn[position - 1])
+        if learning and covisit.counts(event):
+            for p, w in covisit.previous_items(covisit.before(old_state, event, self.session_cfg)):
+                if p != item:
+                    self.followers[p] = covisit.add(self.followers.get(p), item, w, event.ts)
 
     def state(self, user_id: str) -> SessionState | None:
         return self.states.get(user_id)
 
     def lookup(self, ids: Sequence[str]) -> list[ItemActivity | None]:
         return [self.activity.get(i) for i in ids]
+
+    def neighbours(self, ids: Sequence[str]) -> list[covisit.Neighbours | None]:
+        return [self.followers.get(i) for i in ids]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +103,11 @@ class ReplayCheck:
     items: int
     differing_users: list[str]
     differing_items: list[str]
+    differing_followers: list[str] = field(default_factory=list)  # online co-visitation lists
 
     @property
     def identical(self) -> bool:
-        return not self.differing_users and not self.differing_items
+        return not self.differing_users and not self.differing_items and not self.differing_followers
 
 
 def check(
@@ -97,18 +116,25 @@ def check(
     session_cfg: SessionConfig,
     users: Mapping[str, bytes],
     items: Mapping[str, bytes],
+    followers: Mapping[str, bytes] | None = None,
+    learn: bool = True,
 ) -> ReplayCheck:
-    """Fold ``events`` up to ``position`` and compare every user's state and every item's activity,
-    as canonical bytes, with the live ones (``users``/``items``: id -> serialised value)."""
-    replay = Replay(session_cfg)
+    """Fold ``events`` up to ``position`` and compare every user's state, every item's activity
+    and (when given) every online co-visitation list, as canonical bytes, with the live ones
+    (``users``/``items``/``followers``: id -> serialised value)."""
+    replay = Replay(session_cfg, learn=learn)
     for pos, event in events:
         if pos > position:
             break
         replay.apply(pos, event)
     bad_users = sorted(u for u in set(users) | set(replay.states) if users.get(u) != _bytes(replay.states.get(u)))
     bad_items = sorted(i for i in set(items) | set(replay.activity) if items.get(i) != _bytes(replay.activity.get(i)))
-    return ReplayCheck(position, len(replay.states), len(replay.activity), bad_users, bad_items)
+    bad_followers: list[str] = []
+    if followers is not None:
+        known = set(followers) | set(replay.followers)
+        bad_followers = sorted(i for i in known if followers.get(i) != _bytes(replay.followers.get(i)))
+    return ReplayCheck(position, len(replay.states), len(replay.activity), bad_users, bad_items, bad_followers)
 
 
-def _bytes(value: SessionState | ItemActivity | None) -> bytes | None:
+def _bytes(value: SessionState | ItemActivity | covisit.Neighbours | None) -> bytes | None:
     return None if value is None else value.to_bytes()

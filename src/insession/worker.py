@@ -43,6 +43,7 @@ from insession.events import Event
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.fold import FoldStats, fold_event
 from insession.log.redis_stream import decode_entry, position_of
+from insession.online import covisit
 from insession.sessions import SessionState
 from insession.store.memory import MemoryFeatureStore
 from insession.store.redis import Keys, RedisFeatureStore, RedisGuard
@@ -104,6 +105,8 @@ class StreamWorker:
         self._release = client.register_script(_RELEASE)
         self._groups_missing = False
         self._capped_in_batch = 0
+        self._followed: list[str] = []  # the online co-visitation lists the batch read
+        self._followed_before: dict[str, bytes] = {}
         self.ensure_groups()
 
     def ensure_groups(self) -> None:
@@ -224,6 +227,9 @@ class StreamWorker:
                     folded = zip(items, staged.get_many(ACTIVITY_NAMESPACE, items), strict=True)
                     values = {i: v for i, v in folded if v is not None}
                     self.store.stage_many(pipe, ACTIVITY_NAMESPACE, values, ttl)
+                    learned = zip(self._followed, staged.get_many(covisit.NAMESPACE, self._followed), strict=True)
+                    changed = {i: v for i, v in learned if v is not None and v != self._followed_before.get(i)}
+                    self.store.stage_many(pipe, covisit.NAMESPACE, changed, ttl)
                     pipe.set(self.keys.applied(partition), batch[-1][0])
                     pipe.xack(self.keys.stream(partition), GROUP, *[entry_id for entry_id, _ in entries])
                     pipe.execute()
@@ -247,9 +253,27 @@ class StreamWorker:
                 staged.put_session(user, SessionState.from_bytes(payload), ttl)
         activity = {i: p for i, r in zip(items, raws[len(users) :], strict=True) if (p := self.store.unwrap(r))}
         staged.put_many(ACTIVITY_NAMESPACE, activity, ttl)
+        # Online co-visitation: the lists of every item an event of the batch can follow (the
+        # batch's items and the last items of its users' sessions), read and watched as well.
+        followed: dict[str, None] = dict.fromkeys(items) if self.settings.learn_online else {}
+        if followed:
+            for user in users:
+                state = staged.get_session(user)
+                if state is not None:
+                    followed.update(dict.fromkeys(i for i, _ in covisit.previous_items(state.events)))
+        self._followed = list(followed)
+        self._followed_before = {}
+        if self._followed:
+            keys = [self.keys.value(covisit.NAMESPACE, i) for i in self._followed]
+            pipe.watch(*keys)
+            raws = pipe.mget(keys)
+            self._followed_before = {
+                i: p for i, r in zip(self._followed, raws, strict=True) if (p := self.store.unwrap(r))
+            }
+            staged.put_many(covisit.NAMESPACE, self._followed_before, ttl)
         fold = FoldStats()
         for position, event in batch:
-            fold_event(staged, position, event, self.settings.session, ttl, fold)
+            fold_event(staged, position, event, self.settings.session, ttl, fold, self.settings.learn_online)
         self._capped_in_batch = fold.capped
         return staged
 

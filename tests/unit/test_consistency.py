@@ -7,9 +7,8 @@ import numpy as np
 from insession.clock import ManualClock
 from insession.datasets.synthetic import SyntheticShop
 from insession.engine import Engine
-from insession.features.activity import ItemActivity, bump
 from insession.pipeline import Recommender, RecommendRequest
-from insession.sessions import SessionState, apply
+from insession.replay import Replay
 
 
 def test_offline_replay_reproduces_served_features(engine: Engine, clock: ManualClock, shop: SyntheticShop) -> None:
@@ -27,16 +26,11 @@ def test_offline_replay_reproduces_served_features(engine: Engine, clock: Manual
     position = engine.store.applied_position()
 
     # Offline: fold the log up to the request's position with the training code path.
-    states: dict[str, SessionState] = {}
-    activity: dict[str, ItemActivity] = {}
+    replay = Replay(engine.settings.session)
     for pos, event in engine.log.read(after=0):
         if pos > position:
             break
-        states[event.user_id] = apply(states.get(event.user_id), event, engine.settings.session, pos)
-        if event.item_id is not None:
-            bumped = bump(activity.get(event.item_id), event)
-            if bumped is not None:
-                activity[event.item_id] = bumped
+        replay.apply(pos, event)
     offline = Recommender(engine.model, engine.settings.surfaces, engine.settings.session.timeout_ms)
     req = RecommendRequest(
         user,
@@ -46,9 +40,10 @@ def test_offline_replay_reproduces_served_features(engine: Engine, clock: Manual
         served.request_id,
         clock.now_ms(),
     )
-    ctx = offline.context(req, states[user])
+    ctx = offline.context(req, replay.state(user), neighbours=replay.neighbours)
+    assert ctx.online  # the online co-visitation the served request read, rebuilt offline
     merged, _ = offline.gather(ctx)
-    x = offline.features(ctx, merged, lambda ids: [activity.get(i) for i in ids])
+    x = offline.features(ctx, merged, replay.lookup)
     assert tuple(engine.model.catalog.ids[m.item] for m in merged) == served.candidate_ids
     assert np.array_equal(x, served.features)
-    assert states[user].to_bytes() == engine.state(user).to_bytes()  # type: ignore[union-attr]
+    assert replay.state(user).to_bytes() == engine.state(user).to_bytes()  # type: ignore[union-attr]

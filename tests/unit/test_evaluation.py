@@ -147,7 +147,7 @@ def test_the_evaluated_path_is_the_served_path(shop_split: tuple[Split, ModelBun
     split, model = shop_split
     p = plan(split, model.catalog.index, CFG)
     recommender = Recommender(model, {}, CFG.timeout_ms)
-    run = run_engine(recommender, p, CFG, ("joint",), k=20, workers=1)
+    run = run_engine(recommender, p, CFG, ("joint",), k=20, workers=1, learn_online=True)  # as live: every event
     checked = 0
     pairs = p.pairs[:: max(1, len(p.pairs) // 12)][:12]
     settings = Settings(data_dir=tmp_path / "d", surfaces={EVAL_SURFACE.name: EVAL_SURFACE})

@@ -23,6 +23,8 @@ class RequestContext:
     state: SessionState | None
     model: ModelBundle
     anchors: tuple[tuple[int, float], ...]  # (dense item index, weight), heaviest first
+    #: Online co-visitation score per dense item index, from the anchors' learned followers.
+    online: Mapping[int, float] = field(default_factory=dict)
     now_ms: int = 0  # request time, recorded so the request replays
     current_item: str | None = None
     context: Mapping[str, str] = field(default_factory=dict)

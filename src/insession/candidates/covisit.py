@@ -27,3 +27,14 @@ class CovisitSource:
         scores = np.bincount(inverse, weights=np.concatenate(parts_w))
         order = np.lexsort((uniq, -scores))[:k]
         return [Candidate(int(uniq[i]), float(scores[i])) for i in order]
+
+
+class OnlineCovisitSource:
+    """The followers learned online (``online.covisit``): what people went on to since training,
+    including items the model was trained without."""
+
+    name = "covisit_online"
+
+    def candidates(self, ctx: RequestContext, k: int) -> list[Candidate]:
+        ranked = sorted(ctx.online.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [Candidate(item, score) for item, score in ranked]

@@ -56,6 +56,10 @@ class EvalOptions:
     churn_curve: bool = False  # also replay the engine under each churn budget of CHURN_CURVE
     #: Hot-spot control on the evaluated surface: (hot_threshold, hot_discount), or None (off).
     hot: tuple[float, float] | None = None
+    #: Predict, then learn: the engine's online co-visitation also learns from the test period's
+    #: events as they are replayed (each only after the predictions made before it). Off, it
+    #: learns from training events only, like the baselines (the "batch-only" model).
+    learn_online: bool = False
 
     def __post_init__(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -140,7 +144,9 @@ def evaluate(
         recommender = Recommender(model, surfaces, session_cfg.timeout_ms)
         title = f"insession ({', '.join(views)}{', churn budgets' if stable else ''})"
         tick = stage(title, len(plan_.pairs))
-        engine_run = run_engine(recommender, plan_, session_cfg, views + stable, options.k, options.workers, tick)
+        engine_run = run_engine(
+            recommender, plan_, session_cfg, views + stable, options.k, options.workers, tick, options.learn_online
+        )
         timings["insession_s"] = engine_run.seconds
         for variant in views:
             score(ENGINE_NAMES[variant], engine_run.lists[variant], plan_, popularity, n_items, result)
@@ -169,7 +175,9 @@ def evaluate(
         timings["train_no_sequence_s"] = time.perf_counter() - t0
         recommender = Recommender(plain, settings.surfaces, session_cfg.timeout_ms)
         tick = stage("insession (no sequence model)", len(plan_.pairs))
-        plain_run = run_engine(recommender, plan_, session_cfg, ["joint"], options.k, options.workers, tick)
+        plain_run = run_engine(
+            recommender, plan_, session_cfg, ["joint"], options.k, options.workers, tick, options.learn_online
+        )
         timings["insession_no_sequence_s"] = plain_run.seconds
         score(ENGINE_NAMES["no_sequence"], plain_run.lists["joint"], plan_, popularity, n_items, result)
 
@@ -201,6 +209,11 @@ def evaluate(
         "ranker": "learned" if model.ranker is not None else "simple (no learned ranker)",
         "sequence_model": {k: v for k, v in model.stats.get("sequence", {}).items() if k != "epochs"},
         "workers": options.workers,
+        "learning": (
+            "predict, then learn: online co-visitation also learns from test events as they are replayed"
+            if options.learn_online
+            else "batch-only: online co-visitation learns from training events only"
+        ),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "protocol": (
             "next item: each test session of n known items gives n-1 pairs; each pair is asked right "

@@ -113,6 +113,7 @@ def _replay(
     k: int,
     share: tuple[int, int],
     tick: Tick,
+    learn_online: bool = False,
 ) -> tuple[dict[str, Lists], int, int, dict[str, int]]:
     """Each variant's list for this worker's pairs. A variant named like a churn-budget surface
     (``evaluate/<label>``) is the joint state on that surface, with the list it produced for the
@@ -124,7 +125,7 @@ def _replay(
     for n in mine:
         due[plan.pairs[n].after].append(n)
     lists = {v: np.full((len(plan.pairs), k), -1, dtype=np.int64) for v in variants}
-    replay = Replay(session_cfg, plan.test_users)
+    replay = Replay(session_cfg, learn=True if learn_online else ~plan.is_test)
     requests = reused = done = 0
     tiers: dict[str, int] = defaultdict(int)
     shown: dict[tuple[str, int], tuple[str, ...]] = {}  # (variant, session) -> the last list
@@ -138,7 +139,9 @@ def _replay(
                 if variant.startswith(f"{EVAL_SURFACE.name}/"):
                     req = RecommendRequest(event.user_id, variant, k, {}, f"eval-{n}-{variant}", pair.now_ms)
                     previous = shown.get((variant, pair.session), ())
-                    response = recommender.recommend(req, state, replay.lookup, previous=previous)
+                    response = recommender.recommend(
+                        req, state, replay.lookup, previous=previous, neighbours=replay.neighbours
+                    )
                     ids = tuple(i.item_id for i in response.items)
                     shown[(variant, pair.session)] = ids
                     lists[variant][n, : len(ids)] = [index[i] for i in ids]
@@ -150,7 +153,7 @@ def _replay(
                     reused += 1
                     continue
                 req = RecommendRequest(event.user_id, EVAL_SURFACE.name, k, {}, f"eval-{n}-{variant}", pair.now_ms)
-                response = recommender.recommend(req, view, replay.lookup)
+                response = recommender.recommend(req, view, replay.lookup, neighbours=replay.neighbours)
                 row = np.array([index[i.item_id] for i in response.items], dtype=np.int64)
                 lists[variant][n, : len(row)] = row
                 answered[id(view)] = lists[variant][n]
@@ -173,7 +176,9 @@ def _worker(worker: int, workers: int, counter: Any, queue: Any) -> None:
         with counter.get_lock():
             counter.value += n
 
-    result = _replay(s["recommender"], s["plan"], s["session_cfg"], s["variants"], s["k"], (worker, workers), tick)
+    result = _replay(
+        s["recommender"], s["plan"], s["session_cfg"], s["variants"], s["k"], (worker, workers), tick, s["learn"]
+    )
     queue.put((worker, result))
 
 
@@ -185,6 +190,7 @@ def run_engine(
     k: int = 20,
     workers: int = 1,
     tick: Tick = lambda n: None,
+    learn_online: bool = False,
 ) -> EngineRun:
     """The engine's lists for every pair under each variant: a view of the state, or the name of a
     churn-budget surface of ``CHURN_CURVE``."""
@@ -194,10 +200,14 @@ def run_engine(
     started = time.perf_counter()
     workers = max(1, min(workers, len(plan.pairs) // 200 + 1))
     if workers == 1 or "fork" not in mp.get_all_start_methods():
-        lists, requests, reused, tiers = _replay(recommender, plan, session_cfg, variants, k, (0, 1), tick)
+        lists, requests, reused, tiers = _replay(
+            recommender, plan, session_cfg, variants, k, (0, 1), tick, learn_online
+        )
         return EngineRun(lists, time.perf_counter() - started, requests, reused, tiers)
     ctx = mp.get_context("fork")
-    _FORK_STATE.update(recommender=recommender, plan=plan, session_cfg=session_cfg, variants=variants, k=k)
+    _FORK_STATE.update(
+        recommender=recommender, plan=plan, session_cfg=session_cfg, variants=variants, k=k, learn=learn_online
+    )
     counter = ctx.Value("l", 0)
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(w, workers, counter, queue), daemon=True) for w in range(workers)]

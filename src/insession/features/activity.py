@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from insession.clock import HOUR_MS, MINUTE_MS
 from insession.events import Event, EventType
+from insession.sessions import SessionState
 
 MAX_RECENT = 64
 POPULARITY_HALF_LIFE_MS = 6 * HOUR_MS
@@ -44,7 +45,7 @@ class ItemActivity:
     decayed: float  # weighted event count, decayed to ``last_ts``
     last_ts: int
     recent: tuple[int, ...]  # the newest event times, oldest first, at most MAX_RECENT
-    recent_users: tuple[int, ...] = ()  # ``user_key`` of each of ``recent`` (-1: unknown)
+    recent_users: tuple[int, ...] = ()  # ``user_key`` of each of ``recent`` (-1: unknown); for audits
 
     def to_bytes(self) -> bytes:
         users = self.recent_users or (-1,) * len(self.recent)
@@ -59,12 +60,6 @@ class ItemActivity:
         n = (len(values) - 3) // 2
         times = values[3:].astype(np.int64).tolist()
         return ItemActivity(float(values[1]), int(values[2]), tuple(times[:n]), tuple(times[n:]))
-
-    def by_user(self, user: int, since_ms: int, until_ms: int) -> int:
-        """How many of the recent events came from ``user`` in ``(since_ms, until_ms]``."""
-        return sum(
-            1 for t, u in zip(self.recent, self.recent_users, strict=False) if u == user and since_ms < t <= until_ms
-        )
 
     def popularity_at(self, now_ms: int) -> float:
         age = max(now_ms - self.last_ts, 0)
@@ -90,25 +85,35 @@ class ActivityDecoder:
         return found
 
 
-def capped(activity: ItemActivity | None, event: Event) -> bool:
-    """Whether ``event`` is over its user's share of the item (see ``MAX_EVENTS_PER_USER``)."""
-    if activity is None or MAX_EVENTS_PER_USER <= 0:
+def capped(state: SessionState | None, event: Event) -> bool:
+    """Whether ``event`` is over its user's share of the item (``MAX_EVENTS_PER_USER`` per
+    ``USER_WINDOW_MS``), from the user's own state before it (this session, then the history tail,
+    newest first). It reads nothing of other users, so every fold reaches the same decision
+    whatever order different users' events arrive in (stream partitions, workers)."""
+    item = event.item_id
+    if state is None or item is None or MAX_EVENTS_PER_USER <= 0:
         return False
-    window = activity.by_user(user_key(event.user_id), event.ts - USER_WINDOW_MS, event.ts)
-    return window >= MAX_EVENTS_PER_USER
+    since = event.ts - USER_WINDOW_MS
+    n = 0
+    for inter in chain(reversed(state.events), reversed(state.history)):
+        if inter.ts <= since:
+            break
+        if inter.item_id == item and inter.type in ACTIVITY_WEIGHTS and inter.ts <= event.ts:
+            n += 1
+            if n >= MAX_EVENTS_PER_USER:
+                return True
+    return False
 
 
 def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
-    """Fold one event into its item's activity; events that carry no item activity, and events
-    over their user's share of the item (``capped``), change nothing."""
+    """Fold one event into its item's activity; events that carry no item activity change nothing.
+    (Callers leave out events over their user's share of the item: ``capped``.)"""
     weight = ACTIVITY_WEIGHTS.get(event.type)
     if weight is None or event.item_id is None:
         return activity
     user = user_key(event.user_id)
     if activity is None:
         return ItemActivity(weight, event.ts, (event.ts,), (user,))
-    if capped(activity, event):
-        return activity
     last = max(activity.last_ts, event.ts)
     decayed = activity.popularity_at(last) + weight * math.exp(
         -math.log(2) * (last - event.ts) / POPULARITY_HALF_LIFE_MS

@@ -112,7 +112,7 @@ def replay_groups(
                 progress(done / len(eligible))
             event = events[point.target]
             req = RecommendRequest(event.user_id, "home", 10, {}, f"replay-{point.target}", point.now_ms)
-            ctx = recommender.context(req, replay.state(event.user_id))
+            ctx = recommender.context(req, replay.state(event.user_id), neighbours=replay.neighbours)
             merged, _ = recommender.gather(ctx)
             target = base.catalog.index[event.item_id]  # type: ignore[index]
             hit = [n for n, m in enumerate(merged) if m.item == target]

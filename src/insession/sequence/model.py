@@ -169,6 +169,21 @@ class SequenceModel:
         """Scores of dense item indices for a sequence vector (higher is more likely next)."""
         return np.asarray(self.item_vectors[items] @ vector, dtype=np.float32)
 
+    def padded(self, n_items: int) -> SequenceModel:
+        """The same model over ``n_items`` items, the ones beyond its own with zero vectors (no
+        category, no bias): items that joined after training carry no sequence signal."""
+        extra = n_items - self.n_items
+        if extra <= 0:
+            return self
+        w = dict(self.w)
+        w["item.weight"] = np.vstack([w["item.weight"], np.zeros((extra, w["item.weight"].shape[1]), np.float32)])
+        w["item_bias"] = np.concatenate([w["item_bias"], np.zeros(extra, np.float32)])
+        category = np.concatenate([self.item_category, np.zeros(extra, np.int64)])
+        padded = SequenceModel(self.arch, w, category, self.meta)
+        padded.item_inputs[-extra:] = 0.0  # not even the "no category" embedding: unknown
+        padded.item_vectors[-extra:] = 0.0
+        return padded
+
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         header = json.dumps({"arch": asdict(self.arch), "meta": self.meta}, sort_keys=True)

@@ -1,0 +1,1 @@
+"""Learning from the event stream as it arrives, without retraining (see ``covisit``)."""

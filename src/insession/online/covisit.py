@@ -1,0 +1,97 @@
+"""Co-visitation learned online: which items people go on to after an item, counted per event.
+
+The trained co-visitation matrix knows only what happened before the training cut-off. This
+counter is folded from the event stream by the same fold as session state and item activity
+(``fold.fold_event``, and ``replay.Replay`` offline), so it learns what started at noon by
+12:01, and knows items the model has never seen. For each item event, each of the session's
+``LOOKBACK`` previous item events ``p`` adds ``1/d`` (``d`` = 1 for the latest) to the pair
+``p -> item``. Each item keeps its ``MAX_NEIGHBOURS`` heaviest followers, their weights halving
+every ``HALF_LIFE_MS`` of event time, so the lists are bounded and forget.
+
+Events the guard rail caps (``features.activity.capped``) are not counted, so a bot cannot make
+its item everyone's follower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from insession.config import SessionConfig
+from insession.events import Event
+from insession.features.activity import ACTIVITY_WEIGHTS
+from insession.sessions import Interaction, SessionState, starts_new_session
+
+NAMESPACE = "covisit_online"
+LOOKBACK = 3
+MAX_NEIGHBOURS = 50
+HALF_LIFE_MS = 3 * 24 * 3_600_000
+
+
+def counts(event: Event) -> bool:
+    """Whether ``event`` takes part in co-visitation (an item event a shopper chose: not a dismissal)."""
+    return event.item_id is not None and event.type in ACTIVITY_WEIGHTS
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """An item's followers, heaviest first (ties by id), weights decayed to ``last_ts``."""
+
+    last_ts: int
+    items: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps([self.last_ts, self.items, self.weights], separators=(",", ":")).encode()
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> Neighbours:
+        last_ts, items, weights = json.loads(raw)
+        return Neighbours(int(last_ts), tuple(items), tuple(float(w) for w in weights))
+
+    def at(self, now_ms: int) -> dict[str, float]:
+        """The weights decayed to ``now_ms`` (never grown: a request before ``last_ts`` sees them as is)."""
+        f = _decay(now_ms - self.last_ts)
+        return {i: w * f for i, w in zip(self.items, self.weights, strict=True)}
+
+
+def _decay(age_ms: int) -> float:
+    return math.exp(-math.log(2) * max(age_ms, 0) / HALF_LIFE_MS)
+
+
+def add(old: Neighbours | None, item: str, weight: float, ts: int) -> Neighbours:
+    """``old`` with ``weight`` added to ``item`` at event time ``ts``; the lightest dropped past
+    ``MAX_NEIGHBOURS``. An event older than ``last_ts`` adds its weight decayed to ``last_ts``."""
+    if old is None:
+        return Neighbours(ts, (item,), (weight,))
+    last = max(old.last_ts, ts)
+    f = _decay(last - old.last_ts)
+    merged = {i: w * f for i, w in zip(old.items, old.weights, strict=True)}
+    merged[item] = merged.get(item, 0.0) + weight * _decay(last - ts)
+    ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_NEIGHBOURS]
+    return Neighbours(last, tuple(i for i, _ in ranked), tuple(w for _, w in ranked))
+
+
+def previous_items(events: Sequence[Interaction]) -> list[tuple[str, float]]:
+    """The pairs an item event adds, given the session's item events before it: up to
+    ``LOOKBACK`` previous counted events, latest first, each ``(item, 1/d)``."""
+    out: list[tuple[str, float]] = []
+    d = 0
+    for inter in reversed(events):
+        if inter.type not in ACTIVITY_WEIGHTS:
+            continue
+        d += 1
+        out.append((inter.item_id, 1.0 / d))
+        if d == LOOKBACK:
+            break
+    return out
+
+
+def before(state: SessionState | None, event: Event, cfg: SessionConfig) -> Sequence[Interaction]:
+    """The session item events ``event`` follows, from the user's state before it (``()`` when it
+    opens a new session)."""
+    if state is None or starts_new_session(state, event, cfg):
+        return ()
+    return state.events
