@@ -103,3 +103,15 @@ def test_a_bot_burst_does_not_move_the_item_for_other_users(
         before = ItemActivity.from_bytes(learned[0])  # type: ignore[arg-type]
         assert activity.popularity_at(now) > 100 * before.popularity_at(now)
         print("unguarded, positions moved by", [a - b for a, b in zip(share, after, strict=True)])
+
+
+def test_a_shopper_re_viewing_all_afternoon_keeps_counting_at_the_allowed_rate() -> None:
+    cfg = SessionConfig()
+    state = None
+    accepted = 0
+    for n in range(60):  # one view every 2 minutes for 2 hours
+        event = click(n, "shopper", T0 + n * 2 * MINUTE_MS)
+        accepted += not capped(state, event)
+        state = apply(state, event, cfg)
+    # At most 3 in any 10 minutes, and not capped for good once the first 3 are in.
+    assert 3 * 12 - 3 <= accepted <= 3 * 12 + 3, accepted

@@ -86,23 +86,38 @@ class ActivityDecoder:
 
 
 def capped(state: SessionState | None, event: Event) -> bool:
-    """Whether ``event`` is over its user's share of the item (``MAX_EVENTS_PER_USER`` per
-    ``USER_WINDOW_MS``), from the user's own state before it (this session, then the history tail,
-    newest first). It reads nothing of other users, so every fold reaches the same decision
-    whatever order different users' events arrive in (stream partitions, workers)."""
+    """Whether ``event`` is over its user's share of the item: ``MAX_EVENTS_PER_USER`` *accepted*
+    events in any ``USER_WINDOW_MS``, so a shopper re-viewing an item all afternoon still counts at
+    that rate while a bot's burst counts as a few events. Which of the user's earlier events on the
+    item were accepted is re-derived from the user's own state (this session, then the history
+    tail), from the last gap of a whole window (nothing before it can matter). It reads nothing of
+    other users, so every fold reaches the same decision whatever order different users' events
+    arrive in (stream partitions, workers)."""
     item = event.item_id
     if state is None or item is None or MAX_EVENTS_PER_USER <= 0:
         return False
-    since = event.ts - USER_WINDOW_MS
-    n = 0
+    times: list[int] = []  # the user's events on the item, newest first, back to a window's gap
+    in_window = 0
     for inter in chain(reversed(state.events), reversed(state.history)):
-        if inter.ts <= since:
+        if inter.ts <= event.ts - USER_WINDOW_MS and in_window < MAX_EVENTS_PER_USER:
+            return False  # the usual case, decided without reading further back
+        if inter.item_id != item or inter.type not in ACTIVITY_WEIGHTS or inter.ts > event.ts:
+            continue
+        if (times[-1] if times else event.ts) - inter.ts >= USER_WINDOW_MS:
             break
-        if inter.item_id == item and inter.type in ACTIVITY_WEIGHTS and inter.ts <= event.ts:
-            n += 1
-            if n >= MAX_EVENTS_PER_USER:
-                return True
-    return False
+        times.append(inter.ts)
+        in_window += inter.ts > event.ts - USER_WINDOW_MS
+    if in_window < MAX_EVENTS_PER_USER:
+        return False
+    accepted: list[int] = []
+    for t in reversed(times):  # oldest first, as they were folded
+        if _room(accepted, t):
+            accepted.append(t)
+    return not _room(accepted, event.ts)
+
+
+def _room(accepted: list[int], ts: int) -> bool:
+    return sum(1 for t in accepted if ts - USER_WINDOW_MS < t <= ts) < MAX_EVENTS_PER_USER
 
 
 def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
