@@ -39,6 +39,7 @@ from insession.manifest import REQUEST_LOG_FILE, Manifest, RequestLog, config_ha
 from insession.model import ModelBundle
 from insession.online import covisit
 from insession.online.bandit import BanditStats
+from insession.online.factors import for_model
 from insession.pipeline import Recommender, RecommendRequest, RecommendResponse, no_activity
 from insession.rerank import churn_at_k
 from insession.sessions import SessionState
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 #: Where the items that joined the catalog online are kept (one value: their list, in order).
 CATALOG_NAMESPACE = "catalog"
 ADDED_KEY = "added"
+FACTORS_KEY = "online_factors"  # the online factor model's state, written with each snapshot
 CATALOG_TTL_S = 10 * 365 * 24 * 3600
 
 LOG_FILE = "events.sqlite"
@@ -128,13 +130,19 @@ class Engine:
         self.guard: RedisGuard | None = None
         self._stop = threading.Event()
         self._workers: list[tuple[StreamWorker, threading.Thread]] = []
+        #: The online factor model (``online.factors``) when the ranker was trained to read it; it
+        #: learns in the embedded engine only (on Redis it stays at the trained vectors).
+        self.factors = for_model(model)
         self._restore_items()
 
     def _restore_items(self) -> None:
-        """Items that joined the catalog online before a restart join again, in the same order."""
-        raw = self.store.get_many(CATALOG_NAMESPACE, [ADDED_KEY])[0]
+        """Items that joined the catalog online before a restart join again, in the same order;
+        the online factor model continues from the snapshot's state."""
+        raw, factors = self.store.get_many(CATALOG_NAMESPACE, [ADDED_KEY, FACTORS_KEY])
         if raw is not None:
             self._adopt(self.model.with_items([Item.from_dict(d) for d in json.loads(raw)]))
+        if factors is not None and self.factors is not None:
+            self.factors.load(factors)
 
     def _adopt(self, model: ModelBundle) -> None:
         self.model = model
@@ -257,6 +265,7 @@ class Engine:
             self.settings.state_ttl_s,
             self.fold_stats,
             self.settings.learn_online,
+            self.factors.add_ids if self.settings.learn_online and self.factors is not None else None,
         )
         self.store.set_applied_position(position)
         return state
@@ -370,6 +379,7 @@ class Engine:
                     neighbours=self.neighbours,
                     feedback=self.bandit.counts,
                     seed=seed_of(req.request_id, state.session_version if state else 0),
+                    factors=self.factors,
                 )
         if kept is not None:
             response = replace(
@@ -422,6 +432,7 @@ class Engine:
             items=[i.item_id for i in response.items],
             cached_from=origin,
             explored=list(response.explored),
+            factors_version=response.factors_version,
         )
 
     def explain(self, request_id: str) -> Explanation:
@@ -447,6 +458,8 @@ class Engine:
 
     def _snapshot_locked(self) -> None:
         if self.snapshot_path is not None and isinstance(self.store, MemoryFeatureStore):
+            if self.factors is not None:
+                self.store.put_many(CATALOG_NAMESPACE, {FACTORS_KEY: self.factors.to_bytes()}, CATALOG_TTL_S)
             self.store.snapshot(self.snapshot_path)
             self._since_snapshot = 0
 

@@ -20,6 +20,7 @@ from insession.errors import ModelError, NotFound
 from insession.log import EventLog
 from insession.manifest import Manifest, RequestLog
 from insession.model import ModelBundle
+from insession.online.factors import for_model
 from insession.pipeline import Forced, Recommender, RecommendRequest, RecommendResponse
 from insession.ranking.features import FEATURE_NAMES, SOURCE_COLUMNS
 from insession.replay import Replay
@@ -95,7 +96,7 @@ class Explainer:
         return found
 
     def _fresh(self) -> Replay:
-        return Replay(self.settings.session, learn=self.settings.learn_online)
+        return Replay(self.settings.session, learn=self.settings.learn_online, factors=for_model(self.model))
 
     def _fold_to(self, position: int) -> None:
         if position < self._position:
@@ -153,7 +154,14 @@ class Explainer:
         forced = Forced(m.tier, tuple(m.skipped_sources), m.ranked_rows, tuple(m.cut), tuple(m.explored))
         state = self._replay.state(m.user_id)
         return self._recommender(m.model_version).recommend(
-            req, state, self._replay.lookup, m.tier, m.previous, forced, neighbours=self._replay.neighbours
+            req,
+            state,
+            self._replay.lookup,
+            m.tier,
+            m.previous,
+            forced,
+            neighbours=self._replay.neighbours,
+            factors=self._replay.factors if m.factors_version else None,
         )
 
     def _items(self, response: RecommendResponse) -> list[ItemExplanation]:

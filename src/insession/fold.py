@@ -8,6 +8,7 @@ state from the same events.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from insession.config import SessionConfig
@@ -34,9 +35,11 @@ def fold_event(
     ttl_s: int,
     stats: FoldStats | None = None,
     learn: bool = True,
+    on_pair: Callable[[str, str], object] | None = None,
 ) -> SessionState:
     """Apply ``event`` (at log ``position``) to ``store``; returns the user's new state.
-    ``learn=False`` leaves the online co-visitation counts as they are."""
+    ``learn=False`` leaves the online co-visitation counts as they are; ``on_pair`` is given the
+    pair (the session's previous counted item, this item) the online factor model learns from."""
     old_state = store.get_session(event.user_id)
     state = apply(old_state, event, session, position)
     store.put_session(event.user_id, state, ttl_s)
@@ -51,7 +54,10 @@ def fold_event(
         if bumped is not None and bumped is not old:
             store.put_many(ACTIVITY_NAMESPACE, {event.item_id: bumped.to_bytes()}, ttl_s)
         if learn and covisit.counts(event):
-            learn_pairs(store, covisit.previous_items(covisit.before(old_state, event, session)), event, ttl_s)
+            pairs = covisit.previous_items(covisit.before(old_state, event, session))
+            learn_pairs(store, pairs, event, ttl_s)
+            if pairs and on_pair is not None:
+                on_pair(pairs[0][0], event.item_id)
     return state
 
 

@@ -59,6 +59,7 @@ class Manifest:
     items: list[str]
     cached_from: str | None = None
     explored: list[str] = field(default_factory=list)  # items exploration put in the list
+    factors_version: str = ""  # the online factor model's version the ranker read ("": none)
 
     def to_json(self) -> str:
         # Fields are JSON values already; no deep copy (``asdict``) on the request path.

@@ -43,6 +43,7 @@ from insession.features.profile import ProfileConfig, build_profile
 from insession.features.streaming import AnchorConfig, session_anchors
 from insession.model import ModelBundle
 from insession.online import bandit, covisit
+from insession.online.factors import OnlineFactors
 from insession.ranking.features import feature_matrix
 from insession.ranking.learned import LearnedScorer
 from insession.ranking.simple import SimpleScorer
@@ -137,6 +138,8 @@ class RecommendResponse:
     stabilised: tuple[str, ...] = ()
     #: Items exploration put in the last positions (tagged ``explore`` in their sources).
     explored: tuple[str, ...] = ()
+    #: The online factor model's version the ranker read (``""``: none).
+    factors_version: str = ""
     #: How many candidates the learned ranker scored when the ranking deadline truncated them.
     ranked_rows: int | None = None
     #: Served again from the freshness cache (``session``/``batch`` surfaces) instead of computed.
@@ -258,6 +261,7 @@ class Recommender:
         state: SessionState | None,
         personal: bool = True,
         neighbours: NeighbourLookup = no_neighbours,
+        factors: OnlineFactors | None = None,
     ) -> RequestContext:
         """What every stage reads. ``personal=False`` (the ``popular`` tier) skips the anchors and
         the profile: the state is still there for the rules that keep purchases and dismissals out."""
@@ -278,6 +282,7 @@ class Recommender:
             model=self.model,
             anchors=anchors,
             online=online,
+            factors=factors if personal else None,
             now_ms=req.now_ms,
             current_item=req.context.get("item_id"),
             context=req.context,
@@ -336,6 +341,7 @@ class Recommender:
         neighbours: NeighbourLookup = no_neighbours,
         feedback: FeedbackLookup = no_feedback,
         seed: int = 0,
+        factors: OnlineFactors | None = None,
     ) -> RecommendResponse:
         """One list. ``tier`` is the best tier to try; ``previous`` is what this user was last
         shown on this surface in this session, for the surface's churn budget. ``forced`` replays
@@ -363,7 +369,7 @@ class Recommender:
             t1 = clock()
             merged, _ = self._popular(ctx)
         else:
-            ctx = self.context(req, state, neighbours=neighbours)
+            ctx = self.context(req, state, neighbours=neighbours, factors=factors)
             t1 = clock()
             if t1 > deadlines["features"]:
                 cut.append("features")
@@ -444,6 +450,7 @@ class Recommender:
             skipped_sources=skipped,
             stabilised=tuple(moved),
             explored=explored,
+            factors_version=factors.version if factors is not None else "",
             ranked_rows=ranked_rows,
             intent=ctx.profile.session_embedding if ctx.profile is not None else None,
             candidate_ids=tuple(ids[m.item] for m in merged),

@@ -25,6 +25,7 @@ from insession.config import SessionConfig
 from insession.events import Event
 from insession.features.activity import ItemActivity, bump, capped
 from insession.online import covisit
+from insession.online.factors import OnlineFactors
 from insession.sessions import SessionState, advance, apply
 
 
@@ -32,8 +33,15 @@ class Replay:
     """Per-user state, per-item activity and online co-visitation, folded event by event exactly as
     ``fold.fold_event`` folds them into a store."""
 
-    def __init__(self, session_cfg: SessionConfig, learn: bool | npt.NDArray[np.bool_] = True) -> None:
+    def __init__(
+        self,
+        session_cfg: SessionConfig,
+        learn: bool | npt.NDArray[np.bool_] = True,
+        factors: OnlineFactors | None = None,
+    ) -> None:
         self.session_cfg = session_cfg
+        #: The online factor model, fed the same pairs as the engine's (``None``: none kept).
+        self.factors = factors
         #: Whether online co-visitation learns from events: all, none, or per stream position
         #: (``learn[position - 1]``): a "batch-only" evaluation learns from training events only.
         self.learn = learn
@@ -53,9 +61,12 @@ class Replay:
             self.activity[item] = bumped
         learning = self.learn if isinstance(self.learn, bool) else bool(self.learn[position - 1])
         if learning and covisit.counts(event):
-            for p, w in covisit.previous_items(covisit.before(old_state, event, self.session_cfg)):
+            pairs = covisit.previous_items(covisit.before(old_state, event, self.session_cfg))
+            for p, w in pairs:
                 if p != item:
                     self.followers[p] = covisit.add(self.followers.get(p), item, w, event.ts)
+            if pairs and self.factors is not None:
+                self.factors.add_ids(pairs[0][0], item)
 
     def state(self, user_id: str) -> SessionState | None:
         return self.states.get(user_id)

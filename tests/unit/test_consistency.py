@@ -7,6 +7,7 @@ import numpy as np
 from insession.clock import ManualClock
 from insession.datasets.synthetic import SyntheticShop
 from insession.engine import Engine
+from insession.online.factors import for_model
 from insession.pipeline import Recommender, RecommendRequest
 from insession.replay import Replay
 
@@ -26,7 +27,7 @@ def test_offline_replay_reproduces_served_features(engine: Engine, clock: Manual
     position = engine.store.applied_position()
 
     # Offline: fold the log up to the request's position with the training code path.
-    replay = Replay(engine.settings.session)
+    replay = Replay(engine.settings.session, factors=for_model(engine.model))
     for pos, event in engine.log.read(after=0):
         if pos > position:
             break
@@ -40,7 +41,7 @@ def test_offline_replay_reproduces_served_features(engine: Engine, clock: Manual
         served.request_id,
         clock.now_ms(),
     )
-    ctx = offline.context(req, replay.state(user), neighbours=replay.neighbours)
+    ctx = offline.context(req, replay.state(user), neighbours=replay.neighbours, factors=replay.factors)
     assert ctx.online  # the online co-visitation the served request read, rebuilt offline
     merged, _ = offline.gather(ctx)
     x = offline.features(ctx, merged, replay.lookup)

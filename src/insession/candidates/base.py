@@ -11,6 +11,7 @@ from insession.sessions import SessionState
 
 if TYPE_CHECKING:
     from insession.features.profile import Profile
+    from insession.online.factors import OnlineFactors
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,8 @@ class RequestContext:
     anchors: tuple[tuple[int, float], ...]  # (dense item index, weight), heaviest first
     #: Online co-visitation score per dense item index, from the anchors' learned followers.
     online: Mapping[int, float] = field(default_factory=dict)
+    #: The online factor model as of this request (``None``: none).
+    factors: OnlineFactors | None = None
     now_ms: int = 0  # request time, recorded so the request replays
     current_item: str | None = None
     context: Mapping[str, str] = field(default_factory=dict)

@@ -31,6 +31,7 @@ from insession.config import SessionConfig, SurfaceConfig
 from insession.evaluation.baselines import Baseline
 from insession.evaluation.protocol import Plan
 from insession.events import EventType
+from insession.online.factors import for_model
 from insession.pipeline import Recommender, RecommendRequest
 from insession.replay import Replay
 from insession.sessions import SessionState
@@ -125,7 +126,8 @@ def _replay(
     for n in mine:
         due[plan.pairs[n].after].append(n)
     lists = {v: np.full((len(plan.pairs), k), -1, dtype=np.int64) for v in variants}
-    replay = Replay(session_cfg, learn=True if learn_online else ~plan.is_test)
+    factors = for_model(recommender.model)
+    replay = Replay(session_cfg, learn=True if learn_online else ~plan.is_test, factors=factors)
     requests = reused = done = 0
     tiers: dict[str, int] = defaultdict(int)
     shown: dict[tuple[str, int], tuple[str, ...]] = {}  # (variant, session) -> the last list
@@ -140,7 +142,7 @@ def _replay(
                     req = RecommendRequest(event.user_id, variant, k, {}, f"eval-{n}-{variant}", pair.now_ms)
                     previous = shown.get((variant, pair.session), ())
                     response = recommender.recommend(
-                        req, state, replay.lookup, previous=previous, neighbours=replay.neighbours
+                        req, state, replay.lookup, previous=previous, neighbours=replay.neighbours, factors=factors
                     )
                     ids = tuple(i.item_id for i in response.items)
                     shown[(variant, pair.session)] = ids
@@ -153,7 +155,9 @@ def _replay(
                     reused += 1
                     continue
                 req = RecommendRequest(event.user_id, EVAL_SURFACE.name, k, {}, f"eval-{n}-{variant}", pair.now_ms)
-                response = recommender.recommend(req, view, replay.lookup, neighbours=replay.neighbours)
+                response = recommender.recommend(
+                    req, view, replay.lookup, neighbours=replay.neighbours, factors=factors
+                )
                 row = np.array([index[i.item_id] for i in response.items], dtype=np.int64)
                 lists[variant][n, : len(row)] = row
                 answered[id(view)] = lists[variant][n]

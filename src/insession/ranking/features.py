@@ -71,6 +71,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "sequence_gap_to_best",
     "sequence_rank_inv",
     "covisit_online_score",
+    "online_factor_score",
 )
 DEVICES = {"mobile": 1.0, "desktop": 2.0, "tablet": 3.0, "app": 4.0}
 #: Which feature column holds each candidate source's own score (flags for popular and recent).
@@ -114,6 +115,8 @@ def feature_matrix(
     x[:, 4] = (x[:, 4] != 0).astype(np.float32)  # popularity proposed it (a flag, not its count)
     x[:, 40] = (x[:, 40] != 0).astype(np.float32)  # the user's own recent item
     x[:, 51] = _lookup(ctx.online, items)  # every candidate, not only those its source proposed
+    if ctx.factors is not None:
+        x[:, 52] = ctx.factors.scores(list(ctx.anchors), items)
     for column in (0, 47, 51):  # scaled by the list's strongest, so the ranker sees shares, not raw counts
         top = float(x[:, column].max())
         if top > 0:

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from insession.config import SessionConfig, SurfaceConfig
 from insession.events import Event, EventType
 from insession.model import ModelBundle
+from insession.online.factors import for_model
 from insession.pipeline import Recommender, RecommendRequest
 from insession.ranking.features import FEATURE_NAMES
 from insession.replay import Replay, request_points
@@ -97,7 +98,7 @@ def replay_groups(
     if len(eligible) > cfg.max_groups:
         eligible = sorted(rng.choice(eligible, size=cfg.max_groups, replace=False).tolist())
     due = request_points(events, eligible, session_cfg)
-    replay = Replay(session_cfg)
+    replay = Replay(session_cfg, factors=for_model(base))
     rows: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.int32]] = []
     groups: list[int] = []
@@ -112,7 +113,9 @@ def replay_groups(
                 progress(done / len(eligible))
             event = events[point.target]
             req = RecommendRequest(event.user_id, "home", 10, {}, f"replay-{point.target}", point.now_ms)
-            ctx = recommender.context(req, replay.state(event.user_id), neighbours=replay.neighbours)
+            ctx = recommender.context(
+                req, replay.state(event.user_id), neighbours=replay.neighbours, factors=replay.factors
+            )
             merged, _ = recommender.gather(ctx)
             target = base.catalog.index[event.item_id]  # type: ignore[index]
             hit = [n for n, m in enumerate(merged) if m.item == target]
