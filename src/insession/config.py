@@ -35,9 +35,15 @@ class SessionConfig:
     max_session_events: int = 100
     max_history_events: int = 200
     max_user_items: int = 500
+    #: An event up to this much older (event time) than its user's newest one is still folded, in
+    #: event-time order; an older one is refused at ingest with the reason (``sessions.lateness``).
+    allowed_lateness_ms: int = 10 * MINUTE_MS
 
     def __post_init__(self) -> None:
         _require(self.timeout_ms > 0, "session.timeout_ms", "a positive integer", self.timeout_ms)
+        _require(
+            self.allowed_lateness_ms >= 0, "session.allowed_lateness_ms", "an integer >= 0", self.allowed_lateness_ms
+        )
         for name in ("max_session_events", "max_history_events", "max_user_items"):
             value = getattr(self, name)
             _require(value >= 1, f"session.{name}", "an integer >= 1", value)
@@ -173,6 +179,18 @@ class Settings:
     #: Learn from the stream as it arrives: online co-visitation counts, and items the model was
     #: trained without join the catalog (embedded engine). ``False``: the trained model only.
     learn_online: bool = True
+    #: A request body larger than this is refused with 413 before it is parsed.
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: Overload: beyond this many requests in flight, or once a request has waited this long to
+    #: start, it is refused with 503 and Retry-After instead of queueing without bound.
+    max_inflight: int = 64
+    max_queue_ms: float = 25.0
+    #: Requests running in the engine at once (the rest wait, up to ``max_queue_ms``).
+    max_concurrent: int = 2
+    #: API keys (``X-API-Key`` or ``Authorization: Bearer``): when set, writing events needs one of
+    #: ``write_keys`` and reading lists or explanations one of ``read_keys``. Never logged.
+    read_keys: tuple[str, ...] = field(default=(), repr=False)
+    write_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         _require(self.state_ttl_s > 0, "state_ttl_s", "a positive integer", self.state_ttl_s)
@@ -182,6 +200,18 @@ class Settings:
         _require(self.store_timeout_ms > 0, "store_timeout_ms", "a positive number of ms", self.store_timeout_ms)
         _require(self.l1_max_age_ms >= 0, "l1_max_age_ms", "a number of ms >= 0", self.l1_max_age_ms)
         _require(self.dedup_window_s >= 1, "dedup_window_s", "an integer >= 1", self.dedup_window_s)
+        _require(self.max_body_bytes >= 1024, "max_body_bytes", "an integer >= 1024", self.max_body_bytes)
+        _require(self.max_inflight >= 1, "max_inflight", "an integer >= 1", self.max_inflight)
+        _require(self.max_concurrent >= 1, "max_concurrent", "an integer >= 1", self.max_concurrent)
+        _require(self.max_queue_ms > 0, "max_queue_ms", "a positive number of ms", self.max_queue_ms)
+        for name in ("read_keys", "write_keys"):
+            keys = getattr(self, name)
+            _require(
+                all(isinstance(k, str) and len(k) >= 16 for k in keys),
+                name,
+                "keys of at least 16 characters",
+                f"{len(keys)} keys, {sum(1 for k in keys if not isinstance(k, str) or len(k) < 16)} too short",
+            )
         _require(
             self.store == "memory" or self.store.startswith("redis://"),
             "store",
@@ -219,6 +249,9 @@ class Settings:
                     values[name] = kind(env[key])
                 except ValueError:
                     raise ValidationError([FieldError(key, kind.__name__, describe(env[key]))]) from None
+        for key, name in (("INSESSION_READ_KEYS", "read_keys"), ("INSESSION_WRITE_KEYS", "write_keys")):
+            if key in env:
+                values[name] = tuple(k.strip() for k in env[key].split(",") if k.strip())
         if "INSESSION_SESSION_TIMEOUT_MIN" in env:
             raw = env["INSESSION_SESSION_TIMEOUT_MIN"]
             try:
@@ -249,10 +282,18 @@ def _from_toml(path: Path) -> dict[str, Any]:
         "request_log_retention",
         "stream_partitions",
         "dedup_window_s",
+        "max_body_bytes",
+        "max_inflight",
+        "max_concurrent",
     ):
         if key in doc:
             out[key] = int(doc[key])
-    for key in ("store_timeout_ms", "l1_max_age_ms"):
+    for key in ("read_keys", "write_keys"):
+        if key in doc:
+            if not isinstance(doc[key], list) or not all(isinstance(k, str) for k in doc[key]):
+                raise ValidationError([FieldError(key, "a list of strings", describe(doc[key]))])
+            out[key] = tuple(doc[key])
+    for key in ("store_timeout_ms", "l1_max_age_ms", "max_queue_ms"):
         if key in doc:
             out[key] = float(doc[key])
     if "learn_online" in doc:
@@ -268,6 +309,8 @@ def _from_toml(path: Path) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         if "timeout_minutes" in session:
             kwargs["timeout_ms"] = int(float(session["timeout_minutes"]) * MINUTE_MS)
+        if "allowed_lateness_minutes" in session:
+            kwargs["allowed_lateness_ms"] = int(float(session["allowed_lateness_minutes"]) * MINUTE_MS)
         for key in ("max_session_events", "max_history_events", "max_user_items"):
             if key in session:
                 kwargs[key] = int(session[key])

@@ -42,7 +42,7 @@ from insession.online.bandit import BanditStats
 from insession.online.factors import for_model
 from insession.pipeline import Recommender, RecommendRequest, RecommendResponse, no_activity
 from insession.rerank import churn_at_k
-from insession.sessions import SessionState
+from insession.sessions import SessionState, advance, lateness
 from insession.store import FeatureStore
 from insession.store.cached import CachedStore
 from insession.store.memory import MemoryFeatureStore
@@ -59,6 +59,7 @@ CATALOG_TTL_S = 10 * 365 * 24 * 3600
 
 LOG_FILE = "events.sqlite"
 SNAPSHOT_FILE = "state.snapshot"
+PURGE_EVERY_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ class Engine:
         #: Events the guard rail kept out of item activity (folded here; on Redis, by the workers).
         self.fold_stats = FoldStats()
         self._since_snapshot = 0
+        self._purged_at = self.clock.now_ms()
         #: Set on Redis: the guard every Redis call goes through (its state is the store's health).
         self.guard: RedisGuard | None = None
         self._stop = threading.Event()
@@ -292,49 +294,94 @@ class Engine:
         if not self.folds_inline:
             return self.log.append(events)
         with self._lock:
+            events, refused = self._admit(events)
             result = self.log.append(events)
+            if refused:
+                result = replace(result, refused=refused)
             for position, event in result.accepted:
                 self._apply(position, event)
                 self._credit(event)
             self._join_items(e for _, e in result.accepted)
             self._since_snapshot += len(result.accepted)
+            self._purge_locked()
             if self.snapshot_path is not None and self._since_snapshot >= self.settings.snapshot_every_events:
                 self._snapshot_locked()
         return result
+
+    def _admit(self, events: Sequence[Event]) -> tuple[list[Event], list[tuple[int, FieldError]]]:
+        """The events that can be folded in event-time order, and the others with the reason
+        (``sessions.lateness``); a refused event the log already holds is let through, so the log
+        reports it as the duplicate it is."""
+        cfg = self.settings.session
+        markers: dict[str, SessionState | None] = {}
+        kept: list[Event] = []
+        late: list[tuple[int, Event, FieldError]] = []
+        for n, event in enumerate(events):
+            user = event.user_id
+            marker = markers[user] if user in markers else self.store.get_session(user)
+            reason = lateness(marker, event, cfg)
+            if reason is None:
+                kept.append(event)
+                markers[user] = advance(marker, event, cfg)[1]
+            else:
+                markers[user] = marker
+                late.append((n, event, reason))
+        if not late:
+            return kept, []
+        logged = self.log.known([e for _, e, _ in late])
+        kept.extend(e for _, e, _ in late if e.event_id in logged)
+        return kept, [(n, reason) for n, e, reason in late if e.event_id not in logged]
 
     def ingest_raw(self, raw_events: Sequence[object]) -> IngestResult:
         """Validate untrusted events one by one; accept the valid ones, list the rest."""
         valid: list[Event] = []
         rejected: list[Rejected] = []
+        where: list[int] = []
         for index, raw in enumerate(raw_events):
             event, errors = validate_event(raw)
             if event is None:
                 rejected.append(Rejected(index, errors))
             else:
                 valid.append(event)
+                where.append(index)
         result = self.ingest(valid)
+        if result.refused:
+            rejected.extend(Rejected(where[n], [reason]) for n, reason in result.refused)
+            rejected.sort(key=lambda r: r.index)
         last = result.accepted[-1][0] if result.accepted else 0
         return IngestResult(len(result.accepted), result.duplicates, rejected, last)
 
     def ingest_all(
         self, events: Iterable[Event], batch: int = 2000, progress: Callable[[int], None] | None = None
     ) -> tuple[int, int]:
-        """Bulk-load events in batches; returns (accepted, duplicates)."""
-        accepted = duplicates = 0
+        """Bulk-load events in batches; returns (accepted, duplicates). Events refused as too late
+        (``sessions.lateness``) are counted in a warning with the first reason."""
+        accepted = duplicates = refused = 0
+        first: str | None = None
         chunk: list[Event] = []
+
+        def flush() -> None:
+            nonlocal accepted, duplicates, refused, first
+            r = self.ingest(chunk)
+            accepted, duplicates, refused = (
+                accepted + len(r.accepted),
+                duplicates + r.duplicates,
+                refused + len(r.refused),
+            )
+            if r.refused and first is None:
+                first = f"{chunk[r.refused[0][0]].event_id}: {r.refused[0][1]}"
+            if progress is not None:
+                progress(len(chunk))
+            chunk.clear()
+
         for event in events:
             chunk.append(event)
             if len(chunk) >= batch:
-                r = self.ingest(chunk)
-                accepted, duplicates = accepted + len(r.accepted), duplicates + r.duplicates
-                if progress is not None:
-                    progress(len(chunk))
-                chunk = []
+                flush()
         if chunk:
-            r = self.ingest(chunk)
-            accepted, duplicates = accepted + len(r.accepted), duplicates + r.duplicates
-            if progress is not None:
-                progress(len(chunk))
+            flush()
+        if refused:
+            logger.warning("%d events refused as too late to fold in event-time order (first: %s)", refused, first)
         return accepted, duplicates
 
     # -- reads ----------------------------------------------------------------------------------
@@ -455,6 +502,16 @@ class Engine:
     def snapshot(self) -> None:
         with self._lock:
             self._snapshot_locked()
+
+    def _purge_locked(self) -> None:
+        """Drop the embedded store's expired state (users past ``state_ttl_s``) once a minute, so
+        memory follows the live users rather than every user ever seen (Redis expires keys itself)."""
+        now = self.clock.now_ms()
+        if now - self._purged_at >= PURGE_EVERY_MS and isinstance(self.store, MemoryFeatureStore):
+            self._purged_at = now
+            removed = self.store.purge_expired()
+            if removed:
+                logger.info("dropped %d expired entries from the store", removed)
 
     def _snapshot_locked(self) -> None:
         if self.snapshot_path is not None and isinstance(self.store, MemoryFeatureStore):

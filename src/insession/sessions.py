@@ -4,6 +4,11 @@
 interactions, a bounded tail of earlier sessions, the cart, and what the user bought or
 dismissed. It is a value: ``apply`` returns a new one and never mutates, reads a clock or does
 I/O, so replaying the same events in the same order always yields byte-equal states.
+
+Events may arrive out of order. One up to ``SessionConfig.allowed_lateness_ms`` older than its
+user's newest event, and inside the current session, is folded in event-time order: the state is
+the one the time-sorted events give (``tests/unit/test_properties.py``). Older ones are refused at
+ingest with the reason (:func:`lateness`); ``apply`` itself never refuses.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from insession.config import SessionConfig
+from insession.errors import FieldError
 from insession.events import Event, EventType
 
 
@@ -52,6 +58,9 @@ class SessionState:
     purchased: tuple[str, ...] = ()
     dismissed: tuple[str, ...] = ()
     last_query: str | None = None
+    last_query_ms: int = 0
+    #: When the user's previous session ended (its newest event), ``None`` before a second session.
+    previous_last_ms: int | None = None
 
     def seen_items(self) -> tuple[str, ...]:
         """Items the user interacted with in the current session, oldest first, unique."""
@@ -73,6 +82,8 @@ class SessionState:
             "purchased": list(self.purchased),
             "dismissed": list(self.dismissed),
             "last_query": self.last_query,
+            "last_query_ms": self.last_query_ms,
+            "previous_last_ms": self.previous_last_ms,
         }
 
     def to_bytes(self) -> bytes:
@@ -96,6 +107,8 @@ class SessionState:
             purchased=tuple(raw["purchased"]),
             dismissed=tuple(raw["dismissed"]),
             last_query=raw["last_query"],
+            last_query_ms=int(raw.get("last_query_ms", 0)),
+            previous_last_ms=raw.get("previous_last_ms"),
         )
 
     @staticmethod
@@ -123,38 +136,101 @@ def _push(items: tuple[str, ...], item: str, limit: int) -> tuple[str, ...]:
     return kept[-limit:]
 
 
+def lateness(state: SessionState | None, event: Event, cfg: SessionConfig) -> FieldError | None:
+    """Why ``event`` cannot be folded in event-time order into ``state``, or ``None`` if it can.
+
+    An event no older than the user's newest one is always in order. A late one is folded if it
+    is at most ``cfg.allowed_lateness_ms`` late and belongs to the current session (same explicit
+    ``session_id``; without one, time order would not put it in the previous session or split
+    the current one); otherwise the session it belongs to has moved on, and the event is refused
+    with this reason rather than folded out of order.
+    """
+    if state is None or event.ts >= state.last_event_ms:
+        return None
+    late = state.last_event_ms - event.ts
+    got = f"ts {event.ts}, {late} ms before the user's newest event (ts {state.last_event_ms})"
+    if late > cfg.allowed_lateness_ms:
+        return FieldError("ts", f"at most allowed_lateness_ms = {cfg.allowed_lateness_ms} ms late", got)
+    if event.session_id is not None and not (state.explicit_session and state.session_id == event.session_id):
+        return FieldError(
+            "session_id", f"the user's current session {state.session_id!r} for a late event", repr(event.session_id)
+        )
+    if event.session_id is None and event.ts < state.session_started_ms:
+        # In time order it would open the session (so it may join it) unless it falls within
+        # timeout of the previous session's end (then the two sessions would be one).
+        previous = state.previous_last_ms
+        if state.session_started_ms - event.ts >= cfg.timeout_ms or (
+            previous is not None and event.ts - previous < cfg.timeout_ms
+        ):
+            return FieldError(
+                "ts",
+                f"a late event that belongs to the current session (started at ts {state.session_started_ms})",
+                got + ", which would join it to the previous, ended session",
+            )
+    return None
+
+
+def _sets(
+    sets: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], item: str, kind: EventType, limit: int
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Cart, purchased and dismissed after one item event."""
+    cart, purchased, dismissed = sets
+    if kind is EventType.ADD_TO_CART:
+        cart = _push(cart, item, limit)
+    elif kind is EventType.PURCHASE:
+        purchased = _push(purchased, item, limit)
+        cart = tuple(i for i in cart if i != item)
+    elif kind is EventType.DISMISS:
+        dismissed = _push(dismissed, item, limit)
+    return cart, purchased, dismissed
+
+
 def apply(state: SessionState | None, event: Event, cfg: SessionConfig, position: int = 0) -> SessionState:
-    """Fold one event into a user's state. Pure: same inputs, same output."""
+    """Fold one event into a user's state. Pure: same inputs, same output.
+
+    A late event (older than the user's newest) that stays in the session is placed in event-time
+    order (after events of the same time), and the cart, purchases and dismissals are what they
+    would be had it arrived in order: its effect, then the session's newer events' effects again
+    (each is a move-to-newest or a removal, so re-applying them restores their order).
+    """
     if state is not None and state.user_id != event.user_id:
         raise ValueError(f"event for user {event.user_id!r} applied to state of {state.user_id!r}")
-    base = _open_session(state, event, cfg) if (state is None or starts_new_session(state, event, cfg)) else state
+    new = state is None or starts_new_session(state, event, cfg)
+    base = _open_session(state, event, cfg) if new else state
+    assert base is not None
+    late = event.ts < base.last_event_ms
     events = base.events
-    cart, purchased, dismissed = base.cart, base.purchased, base.dismissed
-    last_query = base.last_query
+    sets = (base.cart, base.purchased, base.dismissed)
+    last_query, last_query_ms = base.last_query, base.last_query_ms
     limit = cfg.max_user_items
     if event.item_id is not None:
         interaction = Interaction(event.item_id, event.type, event.ts, event.prop_str("category"))
-        events = ((*events, interaction))[-cfg.max_session_events :]
-        if event.type is EventType.ADD_TO_CART:
-            cart = _push(cart, event.item_id, limit)
-        elif event.type is EventType.PURCHASE:
-            purchased = _push(purchased, event.item_id, limit)
-            cart = tuple(i for i in cart if i != event.item_id)
-        elif event.type is EventType.DISMISS:
-            dismissed = _push(dismissed, event.item_id, limit)
-    if event.type is EventType.SEARCH:
-        last_query = event.prop_str("query")
+        if late:
+            cut = next((n for n, i in enumerate(events) if i.ts > event.ts), len(events))
+            newer = events[cut:]
+            events = (*events[:cut], interaction, *newer)
+            sets = _sets(sets, event.item_id, event.type, limit)
+            for i in newer:
+                sets = _sets(sets, i.item_id, i.type, limit)
+        else:
+            events = (*events, interaction)
+            sets = _sets(sets, event.item_id, event.type, limit)
+        events = events[-cfg.max_session_events :]
+    if event.type is EventType.SEARCH and event.ts >= last_query_ms:
+        last_query, last_query_ms = event.prop_str("query"), event.ts
 
     return replace(
         base,
         session_version=base.session_version + 1,
+        session_started_ms=min(base.session_started_ms, event.ts),
         last_event_ms=max(base.last_event_ms, event.ts),
         log_position=max(base.log_position, position),
         events=events,
-        cart=cart,
-        purchased=purchased,
-        dismissed=dismissed,
+        cart=sets[0],
+        purchased=sets[1],
+        dismissed=sets[2],
         last_query=last_query,
+        last_query_ms=last_query_ms,
     )
 
 
@@ -181,6 +257,8 @@ def _open_session(state: SessionState | None, event: Event, cfg: SessionConfig) 
         events=(),
         history=(state.history + state.events)[-cfg.max_history_events :],
         last_query=None,
+        last_query_ms=0,
+        previous_last_ms=state.last_event_ms,
     )
 
 

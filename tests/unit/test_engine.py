@@ -87,3 +87,21 @@ def test_corrupt_snapshot_is_rebuilt_from_the_log(
     second = Engine.open(settings, model=model, clock=clock)
     assert states(second, users) == before
     second.log.close()
+
+
+def test_expired_users_leave_memory(settings: Settings, model: ModelBundle, clock: ManualClock) -> None:
+    """State past its TTL is dropped from the embedded store (not only hidden), so memory follows
+    the live users: the soak benchmark's bound depends on it."""
+    engine = Engine.open(settings.with_(state_ttl_s=120), model=model, clock=clock)
+    ts = clock.now_ms()
+    engine.ingest_raw(
+        [
+            {"event_id": f"e{n}", "user_id": f"old-{n}", "type": "click", "item_id": "i00001", "ts": ts}
+            for n in range(50)
+        ]
+    )
+    assert len(engine.store._sessions) == 50  # type: ignore[attr-defined]
+    clock.advance(3 * 60_000)  # past the TTL and the purge interval
+    engine.ingest_raw([{"event_id": "new", "user_id": "new", "type": "click", "item_id": "i00001", "ts": ts + 1}])
+    assert list(engine.store._sessions) == ["new"]  # type: ignore[attr-defined]
+    engine.log.close()

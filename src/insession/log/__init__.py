@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from insession.errors import FieldError
 from insession.events import Event
 
 
@@ -16,6 +17,8 @@ class AppendResult:
     accepted: list[tuple[int, Event]] = field(default_factory=list)
     duplicates: int = 0
     duplicate_ids: list[str] = field(default_factory=list)
+    #: Events refused before the append (index in the batch, reason): late beyond the allowed lateness.
+    refused: list[tuple[int, FieldError]] = field(default_factory=list)
 
 
 class EventLog(Protocol):
@@ -32,6 +35,10 @@ class EventLog(Protocol):
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[tuple[int, Event]]:
         """Events with position > ``after``, in position order."""
+        ...
+
+    def known(self, events: Sequence[Event]) -> set[str]:
+        """The ids of those of ``events`` the log already holds (on Redis: within its dedup window)."""
         ...
 
     def last_position(self) -> int:

@@ -106,6 +106,15 @@ class RedisStreamEventLog:
         accepted = [(positions[n], events[n]) for n in sorted(positions)]
         return AppendResult(accepted, len(duplicate_ids), duplicate_ids)
 
+    def known(self, events: Sequence[Event]) -> set[str]:
+        if not events:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.exists(self.keys.seen(partition_of(event.user_id, self.partitions), event.event_id))
+        found = self.guard.call("known", pipe.execute)
+        return {e.event_id for e, hit in zip(events, found, strict=True) if hit}
+
     def read_partition(self, partition: int, after: int = 0, page: int = 5000) -> Iterator[tuple[int, Event]]:
         start = "-" if after <= 0 else "(" + entry_id_of(after)
         key = self.keys.stream(partition)

@@ -80,6 +80,17 @@ class SqliteEventLog:
             if remaining is not None:
                 remaining -= len(rows)
 
+    def known(self, events: Sequence[Event]) -> set[str]:
+        found: set[str] = set()
+        ids = list(dict.fromkeys(e.event_id for e in events))
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)
+                found.update(str(r[0]) for r in rows)
+        return found
+
     def last_position(self) -> int:
         with self._lock:
             row = self._conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()

@@ -94,4 +94,6 @@ def before(state: SessionState | None, event: Event, cfg: SessionConfig) -> Sequ
     opens a new session)."""
     if state is None or starts_new_session(state, event, cfg):
         return ()
-    return state.events
+    if event.ts >= state.last_event_ms:
+        return state.events
+    return tuple(i for i in state.events if i.ts <= event.ts)  # a late event follows only older ones
