@@ -48,6 +48,19 @@ class PayloadTooLarge(InsessionError):
     status = 413
 
 
+class Overloaded(InsessionError):
+    """More requests than the server can answer within budget: refused at once with Retry-After
+    (an event batch refused this way was not written; retrying it is safe)."""
+
+    status = 503
+
+
+class Unauthorized(InsessionError):
+    """The request lacks an API key allowed for what it asks (the message names the header)."""
+
+    status = 401
+
+
 class NotFound(InsessionError):
     status = 404
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from contextlib import AbstractContextManager
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
@@ -18,11 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from insession.engine import Engine
-from insession.errors import InsessionError, PayloadTooLarge, StoreUnavailable
+from insession.errors import InsessionError, Overloaded, PayloadTooLarge, StoreUnavailable
 from insession.freshness import cache_control
 from insession.pipeline import RecommendRequest
+from insession.serving.admission import RETRY_AFTER_S, Admission, Gate, check_key
 from insession.serving.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,22 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     app = FastAPI(title="insession", version="0.1.0", description="Real-time in-session recommendations.")
     app.state.engine = engine
     app.state.metrics = metrics
+    settings = engine.settings
+    app.add_middleware(Admission, settings=settings, metrics=metrics)
+
+    gate = Gate(settings.max_concurrent, settings.max_queue_ms, metrics)
+
+    def admit(request: Request, keys: tuple[str, ...], what: str) -> AbstractContextManager[None]:
+        """The key check (when keys are configured), then a turn in the engine (``Gate``)."""
+        try:
+            check_key(request.headers, keys, what)
+        except InsessionError:
+            metrics.refused.labels("auth").inc()
+            raise
+        return gate.enter(request.scope)
+
+    def may_read(request: Request) -> AbstractContextManager[None]:
+        return admit(request, settings.read_keys, "read recommendations and explanations")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -83,13 +102,33 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         message = "; ".join(f"{e['field']}: {e['expected']}" for e in errors)
         return JSONResponse({"error": message, "errors": errors}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """The framework's own refusals (a body that is not JSON, an unknown path or method) in the
+        same shape as ours: what was wrong, named."""
+        if exc.status_code == 400:
+            field, expected = "body", "a JSON document (UTF-8)"
+        elif exc.status_code == 404:
+            field, expected = "path", "one of the API's paths (see /docs)"
+        elif exc.status_code == 405:
+            field, expected = "method", f"one of the methods {request.url.path} allows"
+        else:
+            field, expected = "request", str(exc.detail)
+        got = request.method if field == "method" else (request.url.path if field == "path" else str(exc.detail))
+        message = f"{field}: expected {expected}, got {got}"
+        return JSONResponse(
+            {"error": message, "errors": [{"field": field, "expected": expected, "got": got}]},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
     @app.exception_handler(InsessionError)
     async def _known(request: Request, exc: InsessionError) -> JSONResponse:
         body: dict[str, Any] = {"error": exc.message}
         errors = getattr(exc, "errors", None)
         if errors:
             body["errors"] = [e.to_dict() for e in errors]
-        headers = {"Retry-After": "1"} if isinstance(exc, StoreUnavailable) else None
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(exc, StoreUnavailable | Overloaded) else None
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(Exception)
@@ -99,17 +138,18 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         return JSONResponse({"error": "internal error", "incident": incident}, status_code=500)
 
     @app.post("/v1/events")
-    def post_events(batch: EventBatch) -> dict[str, Any]:
-        limit = engine.settings.max_batch_events
-        if len(batch.events) > limit:
-            raise PayloadTooLarge(f"events: expected at most {limit} events per batch, got {len(batch.events)}")
-        result = engine.ingest_raw(batch.events)
-        metrics.events.labels("accepted").inc(result.accepted)
-        metrics.events.labels("duplicate").inc(result.duplicates)
-        metrics.events.labels("rejected").inc(len(result.rejected))
-        if engine.folds_inline:
-            metrics.log_position.set(engine.store.applied_position())
-        return result.to_dict()
+    def post_events(batch: EventBatch, request: Request) -> dict[str, Any]:
+        with admit(request, settings.write_keys, "write events"):
+            limit = engine.settings.max_batch_events
+            if len(batch.events) > limit:
+                raise PayloadTooLarge(f"events: expected at most {limit} events per batch, got {len(batch.events)}")
+            result = engine.ingest_raw(batch.events)
+            metrics.events.labels("accepted").inc(result.accepted)
+            metrics.events.labels("duplicate").inc(result.duplicates)
+            metrics.events.labels("rejected").inc(len(result.rejected))
+            if engine.folds_inline:
+                metrics.log_position.set(engine.store.applied_position())
+            return result.to_dict()
 
     def recommend(req: RecommendRequest, if_none_match: str | None) -> Response:
         started = time.perf_counter()
@@ -134,14 +174,16 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         return JSONResponse(response.to_dict(), headers=headers)
 
     @app.post("/v1/recommendations")
-    def post_recommendations(body: RecommendationBody) -> Response:
-        context = {}
-        if body.context is not None:
-            context = {k: str(v) for k, v in body.context.model_dump().items() if v is not None}
-        return recommend(RecommendRequest(body.user_id, body.surface, body.k, context), None)
+    def post_recommendations(body: RecommendationBody, request: Request) -> Response:
+        with may_read(request):
+            context = {}
+            if body.context is not None:
+                context = {k: str(v) for k, v in body.context.model_dump().items() if v is not None}
+            return recommend(RecommendRequest(body.user_id, body.surface, body.k, context), None)
 
     @app.get("/v1/recommendations")
     def get_recommendations(
+        request: Request,
         user_id: Annotated[str, Query(min_length=1, max_length=128)],
         surface: Annotated[str, Query(min_length=1, max_length=64)] = "home",
         k: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -150,22 +192,25 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     ) -> Response:
         """The same list as POST, cacheable: send the ETag back in If-None-Match and an unchanged
         list answers 304 with no body."""
-        context = {"item_id": item_id} if item_id else {}
-        return recommend(RecommendRequest(user_id, surface, k, context), if_none_match)
+        with may_read(request):
+            context = {"item_id": item_id} if item_id else {}
+            return recommend(RecommendRequest(user_id, surface, k, context), if_none_match)
 
     if bare_endpoint:
 
         @app.post("/v1/bench/bare")
-        def bare(body: RecommendationBody) -> Response:
-            return JSONResponse(
-                {"request_id": "bare", "items": BARE_ITEMS[: body.k], "session_version": 0, "tier": "bare"}
-            )
+        def bare(body: RecommendationBody, request: Request) -> Response:
+            with may_read(request):  # the same checks as a real request, so the floor is comparable
+                return JSONResponse(
+                    {"request_id": "bare", "items": BARE_ITEMS[: body.k], "session_version": 0, "tier": "bare"}
+                )
 
     @app.get("/v1/explain/{request_id}")
-    def get_explain(request_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
+    def get_explain(request: Request, request_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
         """The served list recomputed from its manifest and the event log: per item its sources,
         key features, score and contributions, the rules applied, and whether it is identical."""
-        return engine.explain(request_id).to_dict()
+        with may_read(request):
+            return engine.explain(request_id).to_dict()
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -205,6 +250,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
 
     @app.get("/v1/catalog")
     def get_catalog(
+        request: Request,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 48,
         category: Annotated[str | None, Query(max_length=128)] = None,
@@ -212,22 +258,24 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     ) -> dict[str, Any]:
         """Catalog items (id, name, category, brand, price), in catalog order, optionally one
         category's or the given ``item_id``s; ``categories`` lists every category."""
-        catalog = engine.model.catalog
-        if item_id:
-            chosen = [found for i in item_id if (found := catalog.get(i)) is not None]
-        else:
-            chosen = [i for i in catalog.items if category is None or i.category == category]
-        page = chosen if item_id else chosen[offset : offset + limit]
-        return {
-            "total": len(chosen),
-            "categories": list(catalog.category_names),
-            "items": [i.to_dict() for i in page],
-        }
+        with may_read(request):
+            catalog = engine.model.catalog
+            if item_id:
+                chosen = [found for i in item_id if (found := catalog.get(i)) is not None]
+            else:
+                chosen = [i for i in catalog.items if category is None or i.category == category]
+            page = chosen if item_id else chosen[offset : offset + limit]
+            return {
+                "total": len(chosen),
+                "categories": list(catalog.category_names),
+                "items": [i.to_dict() for i in page],
+            }
 
     @app.get("/v1/demo/users")
-    def demo_users() -> dict[str, Any]:
+    def demo_users(request: Request) -> dict[str, Any]:
         """Users for the demo page's switcher: those with the longest history (embedded store)."""
-        return {"long_history": engine.users_with_most_history(3)}
+        with may_read(request):
+            return {"long_history": engine.users_with_most_history(3)}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:

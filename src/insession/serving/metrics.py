@@ -78,6 +78,13 @@ class ServiceMetrics:
         self.l1_hit_rate = Gauge(
             "insession_l1_hit_rate", "Share of item-activity reads served by L1", registry=self.registry
         )
+        self.refused = Counter(
+            "insession_refused_requests",
+            "Requests refused before the engine saw them, by reason (inflight, queued, body, auth)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.inflight = Gauge("insession_inflight_requests", "Requests being answered now", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
