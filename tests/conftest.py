@@ -59,7 +59,8 @@ def patient_surfaces() -> dict[str, SurfaceConfig]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", surfaces=patient_surfaces())
+    """Patient budgets, and a queue no loaded machine fills: tests of overload set their own."""
+    return Settings(data_dir=tmp_path / "data", surfaces=patient_surfaces(), max_queue_ms=60_000.0)
 
 
 @pytest.fixture

@@ -130,10 +130,11 @@ class Admission:
 
 
 class Gate:
-    """At most ``max_concurrent`` requests run in the engine at once; one that cannot start within
-    ``max_queue_ms`` of arriving is refused (503, Retry-After). Python runs one thread at a time,
-    so more requests at once only make each slower: waiting here keeps the answered ones within
-    budget, and refusing the ones that would be late at once leaves the time for the next."""
+    """At most ``max_concurrent`` requests run in the engine at once; one that finds them all busy
+    and cannot start within ``max_queue_ms`` of arriving is refused (503, Retry-After). Python
+    runs one thread at a time, so more requests at once only make each slower: waiting here keeps
+    the answered ones within budget, and refusing the ones that would be late at once leaves the
+    time for the next."""
 
     def __init__(self, max_concurrent: int, max_queue_ms: float, metrics: ServiceMetrics) -> None:
         self.slots = threading.BoundedSemaphore(max_concurrent)
@@ -144,7 +145,8 @@ class Gate:
     def enter(self, scope: Scope) -> Iterator[None]:
         arrived = scope.get(ARRIVED, time.perf_counter())
         left = self.max_queue_ms / 1000.0 - (time.perf_counter() - arrived)
-        if left <= 0 or not self.slots.acquire(timeout=left):
+        # A free slot is taken whatever the wait so far: with nobody else waiting, refusing helps none.
+        if not self.slots.acquire(blocking=False) and (left <= 0 or not self.slots.acquire(timeout=left)):
             waited = (time.perf_counter() - arrived) * 1000.0
             self.metrics.refused.labels("queued").inc()
             raise Overloaded(f"overloaded: waited {waited:.0f} ms to start (max_queue_ms = {self.max_queue_ms:g})")

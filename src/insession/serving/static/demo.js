@@ -27,11 +27,18 @@ function el(tag, attrs = {}, ...children) {
 
 async function api(method, path, body) {
   const started = performance.now();
-  const response = await fetch(path, {
-    method,
-    headers: body ? { "Content-Type": "application/json" } : {},
-    body: body ? JSON.stringify(body) : undefined,
-  });
+  let response;
+  // A busy server answers 503 with Retry-After (nothing was done): wait as told and try again.
+  for (let attempt = 0; ; attempt++) {
+    response = await fetch(path, {
+      method,
+      headers: body ? { "Content-Type": "application/json" } : {},
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const retryAfter = response.headers.get("Retry-After");
+    if (response.status !== 503 || retryAfter === null || attempt >= 3) break;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(Number(retryAfter) || 1, 5) * 1000));
+  }
   const data = await response.json().catch(() => ({}));
   const ms = performance.now() - started;
   if (!response.ok) {
