@@ -504,14 +504,17 @@ class Engine:
             self._snapshot_locked()
 
     def _purge_locked(self) -> None:
-        """Drop the embedded store's expired state (users past ``state_ttl_s``) once a minute, so
-        memory follows the live users rather than every user ever seen (Redis expires keys itself)."""
+        """Drop the embedded store's expired state (users past ``state_ttl_s``), and the lists those
+        users were shown, once a minute, so memory follows the live users rather than every user
+        ever seen (Redis expires keys itself)."""
         now = self.clock.now_ms()
         if now - self._purged_at >= PURGE_EVERY_MS and isinstance(self.store, MemoryFeatureStore):
             self._purged_at = now
             removed = self.store.purge_expired()
-            if removed:
-                logger.info("dropped %d expired entries from the store", removed)
+            live = set(self.store.users())
+            lists = self.shown.forget_except(live) + self.lists.forget_except(live)
+            if removed or lists:
+                logger.info("dropped %d expired store entries and %d lists of expired users", removed, lists)
 
     def _snapshot_locked(self) -> None:
         if self.snapshot_path is not None and isinstance(self.store, MemoryFeatureStore):

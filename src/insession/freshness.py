@@ -134,6 +134,14 @@ class ListCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
+    def forget_except(self, live: set[str]) -> int:
+        """Drop the kept lists of users not in ``live`` (their state expired); returns how many."""
+        with self._lock:
+            dead = [key for key in self._entries if key[0] not in live]
+            for key in dead:
+                del self._entries[key]
+        return len(dead)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -164,6 +172,19 @@ class ShownLists:
                 if found is not None:
                     out.update(found[1])
         return out
+
+    def forget_except(self, live: set[str]) -> int:
+        """Drop what users not in ``live`` were shown (their state expired); returns how many lists."""
+        with self._lock:
+            dead = [key for key in self._shown if key[0] not in live]
+            for key in dead:
+                del self._shown[key]
+            for user in {u for u, _ in dead}:
+                self._surfaces.pop(user, None)
+        return len(dead)
+
+    def __len__(self) -> int:
+        return len(self._shown)
 
     def remember(self, req: RecommendRequest, state: SessionState | None, items: Sequence[str]) -> None:
         key = (req.user_id, req.surface)
