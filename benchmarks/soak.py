@@ -3,7 +3,8 @@
 One server (a child process, loopback) serves a synthetic shop with ``state_ttl_s`` = 60, so
 users' state expires during the run. Client threads in a separate process play shoppers: each
 new shopper (a fresh user id) posts events one at a time, asks for a list after each, now and
-then asks for an explanation, and after a session of 5 to 20 events leaves for good. The script
+then asks for an explanation, and after a session of 5 to 20 events leaves for good; a 503 is
+retried after its Retry-After, as a client should. The script
 samples the server's resident memory (``/proc/PID/status`` VmRSS) and ``/healthz``'s live users
 every 10 s and writes the series, the requests answered and their status codes.
 
@@ -38,7 +39,8 @@ def _rss_mb(pid: int) -> float:
 
 def _shoppers(port: int, items: list[str], clients: int, seconds: float, seed: int, queue: Any) -> None:
     statuses: Counter[int] = Counter()
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = {}
+    acknowledged = [0]
     lock = threading.Lock()
     end = time.monotonic() + seconds
 
@@ -46,8 +48,9 @@ def _shoppers(port: int, items: list[str], clients: int, seconds: float, seed: i
         rng = random.Random(seed * 100 + n)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         mine: Counter[int] = Counter()
-        lat: list[float] = []
+        lat: dict[str, list[float]] = {}
         shopper = 0
+        acked = [0]
 
         def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
             nonlocal conn
@@ -57,8 +60,12 @@ def _shoppers(port: int, items: list[str], clients: int, seconds: float, seed: i
                 conn.request(method, path, raw, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 data = response.read()
-                lat.append((time.perf_counter() - t) * 1000)
+                lat.setdefault(path.split("/")[2], []).append((time.perf_counter() - t) * 1000)
                 mine[response.status] += 1
+                retry = response.getheader("Retry-After")
+                if response.status == 503 and retry is not None and time.monotonic() < end:
+                    time.sleep(float(retry))  # as told; then the same request again (nothing is lost)
+                    return call(method, path, body)
                 return response.status, (json.loads(data) if data else None)
             except (OSError, http.client.HTTPException, ValueError):
                 mine[0] += 1
@@ -79,7 +86,9 @@ def _shoppers(port: int, items: list[str], clients: int, seconds: float, seed: i
                     "item_id": rng.choice(items),
                     "ts": time.time_ns() // 1_000_000,
                 }
-                call("POST", "/v1/events", {"events": [event]})
+                status, answer = call("POST", "/v1/events", {"events": [event]})
+                if status == 200 and answer["accepted"] == 1:
+                    acked[0] += 1
                 status, body = call("POST", "/v1/recommendations", {"user_id": user, "surface": "home", "k": 10})
                 if status == 200 and rng.random() < 0.05:
                     call("GET", f"/v1/explain/{body['request_id']}")
@@ -87,14 +96,23 @@ def _shoppers(port: int, items: list[str], clients: int, seconds: float, seed: i
         conn.close()
         with lock:
             statuses.update(mine)
-            latencies.extend(lat)
+            for kind, values in lat.items():
+                latencies.setdefault(kind, []).extend(values)
+            acknowledged[0] += acked[0]
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    queue.put({"statuses": dict(statuses), "p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99)})
+    queue.put(
+        {
+            "events_acknowledged": acknowledged[0],
+            "statuses": dict(statuses),
+            **{f"{kind}_p50_ms": round(_pct(v, 0.5), 2) for kind, v in sorted(latencies.items())},
+            **{f"{kind}_p99_ms": round(_pct(v, 0.99), 2) for kind, v in sorted(latencies.items())},
+        }
+    )
 
 
 def run(minutes: float, clients: int, items: int, seed: int) -> dict[str, Any]:
@@ -132,6 +150,15 @@ def run(minutes: float, clients: int, items: int, seed: int) -> dict[str, Any]:
                 time.sleep(10)
             load = queue.get(timeout=120)
             driver.join(30)
+            final = _get_json(port, "/healthz")
+            samples.append(
+                {
+                    "t_s": round(time.monotonic() - started, 1),
+                    "rss_mb": round(_rss_mb(server.pid), 1),
+                    "live_users": final.get("live_users"),
+                    "log_position": final.get("log_position"),
+                }
+            )
         finally:
             stop_child(server)
     first_minute = [s["rss_mb"] for s in samples if s["t_s"] <= 70]
@@ -147,7 +174,7 @@ def run(minutes: float, clients: int, items: int, seed: int) -> dict[str, Any]:
         "rss_mb_last_third_range": [min(s["rss_mb"] for s in last_third), max(s["rss_mb"] for s in last_third)]
         if last_third
         else None,
-        "events_logged": samples[-1]["log_position"] if samples else None,
+        "events_logged": samples[-1]["log_position"] if samples else None,  # after the last answer
         **load,
         "samples": samples,
     }

@@ -275,7 +275,8 @@ class Engine:
     def activity(self, item_ids: Sequence[str]) -> list[ItemActivity | None]:
         """Live item activity from the store (what the ranker's streaming item features read)."""
         decode = self._decoder.decode
-        return [None if raw is None else decode(raw) for raw in self.store.get_many(ACTIVITY_NAMESPACE, item_ids)]
+        raws = self.store.get_many(ACTIVITY_NAMESPACE, item_ids)
+        return [None if raw is None else decode(item, raw) for item, raw in zip(item_ids, raws, strict=True)]
 
     def _credit(self, event: Event) -> None:
         """A click for exploration when the user acts on an item of a list they were shown last."""

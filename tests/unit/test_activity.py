@@ -8,7 +8,13 @@ import pytest
 
 from insession.clock import HOUR_MS, MINUTE_MS
 from insession.events import Event, EventType
-from insession.features.activity import POPULARITY_HALF_LIFE_MS, activity_features, bump
+from insession.features.activity import (
+    POPULARITY_HALF_LIFE_MS,
+    ActivityDecoder,
+    ItemActivity,
+    activity_features,
+    bump,
+)
 
 T0 = 1_767_225_600_000
 
@@ -25,3 +31,19 @@ def test_activity_features_count_windows_and_decay_popularity() -> None:
     assert act is not None and cart is not None
     assert out[0, 0] == pytest.approx(math.log1p(act.popularity_at(T0)))
     assert out[2, 0] == pytest.approx(math.log1p(3.0 * 0.5 ** (HOUR_MS / POPULARITY_HALF_LIFE_MS)))
+
+
+def test_the_decode_memo_keeps_one_version_per_item() -> None:
+    """A busy item's activity changes with every event; the memo must not keep each old version."""
+    decoder = ActivityDecoder(max_entries=100)
+    activity = None
+    for n in range(500):
+        activity = bump(activity, Event(f"e{n}", f"u{n}", EventType.CLICK, 1_700_000_000_000 + n * 1000, "hot"))
+        assert activity is not None
+        raw = activity.to_bytes()
+        decoded = decoder.decode("hot", raw)
+        assert decoded == ItemActivity.from_bytes(raw) and decoder.decode("hot", raw) is decoded
+    assert len(decoder) == 1
+    for n in range(150):  # past max_entries items it starts again
+        decoder.decode(f"i{n}", raw)
+    assert len(decoder) <= 100

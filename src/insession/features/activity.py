@@ -67,22 +67,28 @@ class ItemActivity:
 
 
 class ActivityDecoder:
-    """``ItemActivity.from_bytes`` with a bounded memo keyed by the stored bytes: a request reads
-    the activity of hundreds of candidates, mostly unchanged since the last request, and decoding
-    each again costs more than ranking them. Equal bytes always decode to an equal (immutable)
-    value, so the memo can never serve a wrong one; it is cleared when it reaches ``max_entries``."""
+    """``ItemActivity.from_bytes`` with a bounded memo per item: a request reads the activity of
+    hundreds of candidates, mostly unchanged since the last request, and decoding each again costs
+    more than ranking them. The memo keeps one decoded value per item with the bytes it came from,
+    so an item's older versions never pile up; equal bytes always decode to an equal (immutable)
+    value, so it can never serve a wrong one. It is cleared when it reaches ``max_entries`` items."""
 
     def __init__(self, max_entries: int = 10_000) -> None:  # a decoded value can weigh ~6 KB
         self.max_entries = max_entries
-        self._memo: dict[bytes, ItemActivity] = {}
+        self._memo: dict[str, tuple[bytes, ItemActivity]] = {}
 
-    def decode(self, raw: bytes) -> ItemActivity:
-        found = self._memo.get(raw)
-        if found is None:
-            if len(self._memo) >= self.max_entries:
-                self._memo = {}
-            found = self._memo[raw] = ItemActivity.from_bytes(raw)
-        return found
+    def decode(self, item_id: str, raw: bytes) -> ItemActivity:
+        found = self._memo.get(item_id)
+        if found is not None and found[0] == raw:
+            return found[1]
+        if found is None and len(self._memo) >= self.max_entries:
+            self._memo = {}
+        value = ItemActivity.from_bytes(raw)
+        self._memo[item_id] = (raw, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._memo)
 
 
 def capped(state: SessionState | None, event: Event) -> bool:

@@ -68,6 +68,7 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+EXPLAIN_QUEUE_MS = 10_000.0
 BARE_ITEMS = [{"item_id": f"bare-{n}", "score": 1.0, "sources": ["bare"]} for n in range(10)]
 
 
@@ -83,18 +84,23 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     app.add_middleware(Admission, settings=settings, metrics=metrics)
 
     gate = Gate(settings.max_concurrent, settings.max_queue_ms, metrics)
+    # Explaining refolds the event log up to the request (seconds on a long log): one at a time,
+    # in a gate of its own, so explanations never hold the slots lists and events are served in.
+    explaining = Gate(1, EXPLAIN_QUEUE_MS, metrics)
 
-    def admit(request: Request, keys: tuple[str, ...], what: str) -> AbstractContextManager[None]:
+    def admit(
+        request: Request, keys: tuple[str, ...], what: str, through: Gate | None = None
+    ) -> AbstractContextManager[None]:
         """The key check (when keys are configured), then a turn in the engine (``Gate``)."""
         try:
             check_key(request.headers, keys, what)
         except InsessionError:
             metrics.refused.labels("auth").inc()
             raise
-        return gate.enter(request.scope)
+        return (through or gate).enter(request.scope)
 
-    def may_read(request: Request) -> AbstractContextManager[None]:
-        return admit(request, settings.read_keys, "read recommendations and explanations")
+    def may_read(request: Request, through: Gate | None = None) -> AbstractContextManager[None]:
+        return admit(request, settings.read_keys, "read recommendations and explanations", through)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -209,7 +215,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     def get_explain(request: Request, request_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
         """The served list recomputed from its manifest and the event log: per item its sources,
         key features, score and contributions, the rules applied, and whether it is identical."""
-        with may_read(request):
+        with may_read(request, explaining):
             return engine.explain(request_id).to_dict()
 
     @app.get("/healthz")
