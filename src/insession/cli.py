@@ -28,13 +28,12 @@ from insession.evaluation import evaluate as evaluate_split
 from insession.evaluation.baselines import BASELINES
 from insession.evaluation.evaluate import ALL_VARIANTS
 from insession.evaluation.protocol import time_ordered
-from insession.evaluation.runner import default_workers
 from insession.events import Event
 from insession.explain import Explainer
 from insession.model import ModelBundle
 from insession.pipeline import RecommendRequest, RecommendResponse
 from insession.sequence.train import SequenceConfig, torch_missing
-from insession.training import TrainConfig
+from insession.training import TrainConfig, default_workers
 from insession.training import train as train_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="insession: real-time in-session recommendations.")
@@ -382,7 +381,9 @@ def evaluate(
             "trained without the sequence model), or 'none'."
         ),
     ] = ",".join(ALL_VARIANTS),
-    workers: Annotated[int, typer.Option(help="Processes replaying the test period.")] = default_workers(),
+    workers: Annotated[
+        int, typer.Option(help="Processes for training's ranker replay and for replaying the test period.")
+    ] = default_workers(),
     config: Annotated[Path | None, typer.Option(help="TOML settings file (session timeout, surfaces).")] = None,
     sequence: Annotated[bool, typer.Option(help=SEQUENCE_HELP + " The no_sequence variant then measures it.")] = False,
     online_factors: Annotated[bool, typer.Option(help=FACTORS_HELP)] = False,

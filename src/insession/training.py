@@ -7,6 +7,8 @@ so what training calls a session is what serving calls one.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -338,6 +340,64 @@ def _replay_window(
     return replay_groups(seen, base, session_cfg, start, ranker, replay_progress), base
 
 
+def default_workers() -> int:
+    """Processes for the parallel parts of training and evaluation: the cores, at most 2."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+_FORK_STATE: dict[str, Any] = {}
+
+
+def _window_child(w: int, queue: Any) -> None:
+    s = _FORK_STATE
+    try:
+        window = _replay_window(s["events"], w, s["cfg"], s["session_cfg"], s["items"], s["ranker"], _noop, None)
+        queue.put((w, None if window is None else window[0], None))
+    except BaseException as exc:  # reported, so the parent fails with the reason instead of hanging
+        queue.put((w, None, f"{type(exc).__name__}: {exc}"))
+
+
+def _replay_windows_forked(
+    event_list: Sequence[Event],
+    cfg: TrainConfig,
+    session_cfg: SessionConfig,
+    items: Sequence[Item],
+    ranker: RankerConfig,
+    progress: Progress,
+) -> tuple[list[ReplayData], ModelBundle]:
+    """Every replay window in its own forked process, and meanwhile the served parts here; the
+    windows' groups in time order (oldest first), as the sequential loop gives them."""
+    ctx = mp.get_context("fork")
+    _FORK_STATE.update(events=event_list, cfg=cfg, session_cfg=session_cfg, items=items, ranker=ranker)
+    queue = ctx.Queue()
+    windows = list(range(ranker.windows, 0, -1))
+    procs = [ctx.Process(target=_window_child, args=(w, queue), daemon=True) for w in windows]
+    try:
+        for p in procs:
+            p.start()
+        progress(f"replaying {len(windows)} windows for the ranker in parallel; fitting the served parts", 0.05)
+        final = train_parts(event_list, cfg, session_cfg, items, lambda st, f: progress(st, 0.05 + 0.25 * f))
+        found: dict[int, ReplayData | None] = {}
+        while len(found) < len(windows):
+            try:
+                w, data, error = queue.get(timeout=1.0)
+            except Exception:  # queue.Empty: check the children are alive
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise RuntimeError("a ranker replay process died; train with workers=1 to see why") from None
+                continue
+            if error is not None:
+                raise RuntimeError(f"replaying ranker window {w}: {error}")
+            found[w] = data
+            progress("replaying events for the ranker", 0.3 + 0.4 * len(found) / len(windows))
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+        _FORK_STATE.clear()
+    return [d for w in windows if (d := found[w]) is not None], final
+
+
 def train(
     events: Iterable[Event],
     cfg: TrainConfig | None = None,
@@ -345,8 +405,10 @@ def train(
     items: Iterable[Item] = (),
     progress: Progress = _noop,
     ranker: RankerConfig | None = None,
+    workers: int | None = None,
 ) -> ModelBundle:
     """Train every model part from ``events``; ``items`` adds catalog metadata and unseen items.
+    ``workers`` (default: up to 2 cores) > 1 replays the ranker's windows in forked processes.
 
     With enough events, the learned ranker is trained by replay: the last ``windows`` slices of
     ``holdout_fraction`` of the events (by time) are each replayed against candidate parts fitted
@@ -356,6 +418,7 @@ def train(
     cfg = cfg or TrainConfig()
     session_cfg = session_cfg or SessionConfig()
     ranker = ranker or RankerConfig()
+    workers = default_workers() if workers is None else workers
     started = time.perf_counter()
     event_list = sorted(events, key=lambda e: e.ts)  # stable: file order breaks ties
     if not event_list:
@@ -364,13 +427,21 @@ def train(
     model_text: str | None = None
     ranker_stats: dict[str, Any] = {}
     previous: ModelBundle | None = None  # the sequence model is continued from one cut to the next
+    final: ModelBundle | None = None
     if ranker.enabled and len(event_list) >= ranker.min_events:
         parts: list[ReplayData] = []
-        for w in range(ranker.windows, 0, -1):  # oldest window first, so groups stay in time order
-            window = _replay_window(event_list, w, cfg, session_cfg, items, ranker, progress, previous)
-            if window is not None:
-                parts.append(window[0])
-                previous = window[1]
+        forked = workers > 1 and not cfg.sequence.enabled and "fork" in mp.get_all_start_methods()
+        if forked:
+            # The windows do not depend on each other (no sequence model to continue), so each is
+            # replayed in a forked process while this one fits the served parts: the same
+            # computations, the same results, on every core.
+            parts, final = _replay_windows_forked(event_list, cfg, session_cfg, items, ranker, progress)
+        else:
+            for w in range(ranker.windows, 0, -1):  # oldest window first, so groups stay in time order
+                window = _replay_window(event_list, w, cfg, session_cfg, items, ranker, progress, previous)
+                if window is not None:
+                    parts.append(window[0])
+                    previous = window[1]
         data = ReplayData.concat(parts)
         if len(data.groups) >= 20:
             progress("fitting the ranker", 0.7)
@@ -381,9 +452,10 @@ def train(
         ranker_stats = {
             "skipped": f"{len(event_list)} events (< {ranker.min_events})" if ranker.enabled else "disabled"
         }
-    final = train_parts(
-        event_list, cfg, session_cfg, items, lambda s, f: progress(s, 0.75 + 0.25 * f), sequence_init=previous
-    )
+    if final is None:
+        final = train_parts(
+            event_list, cfg, session_cfg, items, lambda s, f: progress(s, 0.75 + 0.25 * f), sequence_init=previous
+        )
     final.params["ranker"] = {"features": list(FEATURE_NAMES) if model_text else [], "config": asdict(ranker)}
     final.stats["ranker"] = ranker_stats
     final.stats["train_seconds"] = round(time.perf_counter() - started, 3)

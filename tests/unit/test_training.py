@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from insession.catalog import Item
+from insession.datasets.synthetic import SyntheticShop
 from insession.errors import ModelError
 from insession.events import Event, EventType
 from insession.model import ModelBundle
@@ -87,3 +88,16 @@ def test_missing_model_names_the_fix(tmp_path: Path) -> None:
 def test_no_events_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="events"):
         train([])
+
+
+def test_forked_ranker_replay_gives_the_same_model_as_the_sequential_one(shop: SyntheticShop) -> None:
+    """Replaying the ranker's windows in parallel processes changes the speed, never the model."""
+    sequential = train(shop.events, items=shop.items, workers=1)
+    forked = train(shop.events, items=shop.items, workers=2)
+    assert sequential.ranker is not None
+    assert forked.ranker == sequential.ranker
+    assert forked.version == sequential.version
+    timing = {"fit_seconds"}
+    assert {k: v for k, v in forked.stats["ranker"].items() if k not in timing} == {
+        k: v for k, v in sequential.stats["ranker"].items() if k not in timing
+    }

@@ -19,13 +19,12 @@ from insession.evaluation.runner import (
     VARIANTS,
     Lists,
     Tick,
-    default_workers,
     run_baseline,
     run_engine,
 )
 from insession.model import ModelBundle
 from insession.pipeline import Recommender
-from insession.training import TrainConfig, sessionize, train
+from insession.training import TrainConfig, default_workers, sessionize, train
 
 #: What each engine variant is called in ``metrics.json``.
 ENGINE_NAMES = {
@@ -106,7 +105,9 @@ def evaluate(
     timings: dict[str, float] = {}
     if model is None:
         t0 = time.perf_counter()
-        model = _train(split, session_cfg, options.train, stage, "training the engine on the training side")
+        model = _train(
+            split, session_cfg, options.train, stage, "training the engine on the training side", options.workers
+        )
         timings["train_engine_s"] = time.perf_counter() - t0
     else:
         cutoff = int(model.params.get("cutoff_ms", 0))
@@ -171,7 +172,9 @@ def evaluate(
     if "no_sequence" in options.variants and model.sequence is not None:
         t0 = time.perf_counter()
         cfg = replace(options.train, sequence=replace(options.train.sequence, enabled=False))
-        plain = _train(split, session_cfg, cfg, stage, "training the engine without the sequence model")
+        plain = _train(
+            split, session_cfg, cfg, stage, "training the engine without the sequence model", options.workers
+        )
         timings["train_no_sequence_s"] = time.perf_counter() - t0
         recommender = Recommender(plain, settings.surfaces, session_cfg.timeout_ms)
         tick = stage("insession (no sequence model)", len(plan_.pairs))
@@ -234,7 +237,9 @@ def _point(values: dict[str, float]) -> dict[str, float]:
     return {key: round(values[key], 4) for key in ("churn@20", "HR@20", "MRR@20", "NDCG@20")}
 
 
-def _train(split: Split, session_cfg: SessionConfig, cfg: TrainConfig, stage: Stage, title: str) -> ModelBundle:
+def _train(
+    split: Split, session_cfg: SessionConfig, cfg: TrainConfig, stage: Stage, title: str, workers: int = 1
+) -> ModelBundle:
     tick = stage(title, 100)
     done = [0]
 
@@ -243,7 +248,7 @@ def _train(split: Split, session_cfg: SessionConfig, cfg: TrainConfig, stage: St
         tick(now - done[0])
         done[0] = now
 
-    return train(split.train, cfg, session_cfg=session_cfg, progress=progress)
+    return train(split.train, cfg, session_cfg=session_cfg, progress=progress, workers=workers)
 
 
 def comparisons(metrics: dict[str, dict[str, float]]) -> dict[str, float | None]:

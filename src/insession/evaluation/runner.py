@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -249,7 +248,3 @@ def run_engine(
         for name, count in tier.items():
             all_tiers[name] += count
     return EngineRun(merged, time.perf_counter() - started, requests, reused, dict(all_tiers))
-
-
-def default_workers() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
