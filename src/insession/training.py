@@ -348,6 +348,16 @@ def default_workers() -> int:
 _FORK_STATE: dict[str, Any] = {}
 
 
+def end_children(procs: Sequence[Any], state: dict[str, Any]) -> None:
+    """Join the forked children this process started (terminating any still running after 5 s)
+    and drop the state they inherited."""
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.terminate()
+    state.clear()
+
+
 def _window_child(w: int, queue: Any) -> None:
     s = _FORK_STATE
     try:
@@ -390,11 +400,7 @@ def _replay_windows_forked(
             found[w] = data
             progress("replaying events for the ranker", 0.3 + 0.4 * len(found) / len(windows))
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-        _FORK_STATE.clear()
+        end_children(procs, _FORK_STATE)
     return [d for w in windows if (d := found[w]) is not None], final
 
 

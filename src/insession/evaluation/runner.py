@@ -34,6 +34,7 @@ from insession.online.factors import for_model
 from insession.pipeline import Recommender, RecommendRequest
 from insession.replay import Replay
 from insession.sessions import SessionState
+from insession.training import end_children
 
 VARIANTS = ("joint", "session", "long_term")
 #: Next-item evaluation keeps what the user already saw: re-visits are a large share of targets.
@@ -231,11 +232,7 @@ def run_engine(
             tick(now - reported)
             reported = now
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-        _FORK_STATE.clear()
+        end_children(procs, _FORK_STATE)
     merged = {v: np.full((len(plan.pairs), k), -1, dtype=np.int64) for v in variants}
     requests = reused = 0
     all_tiers: dict[str, int] = defaultdict(int)
