@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from insession.config import Settings
-from insession.errors import Overloaded, Unauthorized
+from insession.errors import FieldError, Overloaded, Unauthorized
 from insession.serving.metrics import ServiceMetrics
 
 Scope = MutableMapping[str, Any]
@@ -65,7 +65,7 @@ class Admission:
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
             return
-        scope[ARRIVED] = time.perf_counter()
+        arrived = scope[ARRIVED] = time.perf_counter()
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
         try:
@@ -80,8 +80,6 @@ class Admission:
                     sent = True
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()  # a disconnect, while the response is written
-
-            arrived = scope[ARRIVED]
 
             async def timed(message: Message) -> None:
                 if message["type"] == "http.response.start":  # the server's own time, arrival to answer
@@ -121,12 +119,8 @@ class Admission:
 
     async def _too_large(self, send: Send, got: str) -> None:
         self.metrics.refused.labels("body").inc()
-        message = f"body: expected at most max_body_bytes = {self.max_body} bytes, got {got}"
-        await _answer(
-            send,
-            413,
-            {"error": message, "errors": [{"field": "body", "expected": f"at most {self.max_body} bytes", "got": got}]},
-        )
+        error = FieldError("body", f"at most max_body_bytes = {self.max_body} bytes", got)
+        await _answer(send, 413, {"error": str(error), "errors": [error.to_dict()]})
 
 
 class Gate:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from insession.engine import Engine
-from insession.errors import InsessionError, Overloaded, PayloadTooLarge, StoreUnavailable
+from insession.errors import FieldError, InsessionError, Overloaded, PayloadTooLarge, StoreUnavailable
 from insession.freshness import cache_control
 from insession.pipeline import RecommendRequest
 from insession.serving.admission import RETRY_AFTER_S, Admission, Gate, check_key
@@ -113,17 +113,15 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         """The framework's own refusals (a body that is not JSON, an unknown path or method) in the
         same shape as ours: what was wrong, named."""
         if exc.status_code == 400:
-            field, expected = "body", "a JSON document (UTF-8)"
+            error = FieldError("body", "a JSON document (UTF-8)", str(exc.detail))
         elif exc.status_code == 404:
-            field, expected = "path", "one of the API's paths (see /docs)"
+            error = FieldError("path", "one of the API's paths (see /docs)", request.url.path)
         elif exc.status_code == 405:
-            field, expected = "method", f"one of the methods {request.url.path} allows"
+            error = FieldError("method", f"one of the methods {request.url.path} allows", request.method)
         else:
-            field, expected = "request", str(exc.detail)
-        got = request.method if field == "method" else (request.url.path if field == "path" else str(exc.detail))
-        message = f"{field}: expected {expected}, got {got}"
+            error = FieldError("request", str(exc.detail), str(exc.detail))
         return JSONResponse(
-            {"error": message, "errors": [{"field": field, "expected": expected, "got": got}]},
+            {"error": str(error), "errors": [error.to_dict()]},
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
