@@ -290,7 +290,7 @@ def train_parts(
             init = (sequence_init.sequence, sequence_init.catalog)
         timelines = user_timelines(event_list, catalog.index)
         sequence, stats["sequence"] = fit_sequence(
-            timelines, catalog, cfg.sequence, init, lambda s, f: progress(s, 0.4 + 0.5 * f)
+            timelines, catalog, cfg.sequence, init, lambda s, f: progress(s, 0.4 + 0.5 * f), embeddings
         )
         sequence_ann = AnnIndex.build(sequence.item_vectors, seed=cfg.seed + 2)
     else:

@@ -204,3 +204,19 @@ def test_asking_for_the_sequence_model_without_torch_names_the_option(monkeypatc
     with pytest.raises(ValidationError) as caught:
         _train_config(True)
     assert "sequence" in str(caught.value) and "insession[torch]" in str(caught.value)
+
+
+def test_item_embeddings_start_from_the_cooccurrence_vectors(torch_available: None) -> None:
+    n = 12
+    vectors = np.random.default_rng(3).standard_normal((n, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    # A learning rate too small to move the weights: what is served is where training started.
+    frozen = replace(TINY, lr=1e-9, max_epochs=1, validation_fraction=0.0, cooccurrence_init=2.0)
+    seeded, _ = fit_sequence(_cycles(n, 20, 8, 0), _catalog(n), frozen, item_vectors=vectors)
+    np.testing.assert_allclose(seeded.w["item.weight"][1:], vectors * 2.0, atol=1e-4)
+    plain, _ = fit_sequence(
+        _cycles(n, 20, 8, 0), _catalog(n), replace(frozen, cooccurrence_init=0.0), item_vectors=vectors
+    )
+    assert np.abs(plain.w["item.weight"][1:]).max() < 0.5  # random and small: the vectors were not used
+    with pytest.raises(ValueError, match="item_vectors"):
+        fit_sequence(_cycles(n, 20, 8, 0), _catalog(n), frozen, item_vectors=vectors[:5])
