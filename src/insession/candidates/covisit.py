@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from insession.candidates.base import Candidate, RequestContext
+from insession.candidates.base import Candidate, RequestContext, from_arrays
 
 
 class CovisitSource:
@@ -26,7 +26,7 @@ class CovisitSource:
         uniq, inverse = np.unique(items, return_inverse=True)
         scores = np.bincount(inverse, weights=np.concatenate(parts_w))
         order = np.lexsort((uniq, -scores))[:k]
-        return [Candidate(int(uniq[i]), float(scores[i])) for i in order]
+        return from_arrays(uniq[order], scores[order])
 
 
 class OnlineCovisitSource:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from insession.candidates.base import Candidate, RequestContext
+from insession.candidates.base import Candidate, RequestContext, from_arrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,4 +27,4 @@ class EmbeddingSource:
         if evidence == 0:
             return []
         items, sims = ann.query(vector, k)
-        return [Candidate(int(i), float(s)) for i, s in zip(items, sims, strict=True)]
+        return from_arrays(items, sims)

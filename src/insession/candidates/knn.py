@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from insession.candidates.base import Candidate, RequestContext
+from insession.candidates.base import Candidate, RequestContext, from_arrays
 from insession.candidates.session_index import KnnConfig
 from insession.events import EventType
 
@@ -26,4 +26,4 @@ class SessionKnnSource:
         )
         items, votes = index.scores(prefix, self.cfg)
         order = np.lexsort((items, -votes))[:k]
-        return [Candidate(int(items[i]), float(votes[i])) for i in order]
+        return from_arrays(items[order], votes[order])

@@ -22,17 +22,16 @@ def merge(lists: Sequence[tuple[str, list[Candidate]]], quotas: Mapping[str, int
     An item proposed by several sources keeps every source's score. The output order is the
     order of first proposal, which is deterministic given deterministic sources.
     """
-    out: dict[int, Merged] = {}
+    scores: dict[int, dict[str, float]] = {}
     for name, cands in lists:
-        taken = 0
-        quota = quotas.get(name, limit)
+        # While a source is read, the merged list grows by exactly what it takes from that source.
+        room = min(quotas.get(name, limit), limit - len(scores))
+        found_in = scores.get
         for cand in cands:
-            found = out.get(cand.item)
+            found = found_in(cand.item)
             if found is not None:
-                found.sources[name] = cand.score
-                continue
-            if taken >= quota or len(out) >= limit:
-                continue
-            out[cand.item] = Merged(cand.item, {name: cand.score})
-            taken += 1
-    return list(out.values())
+                found[name] = cand.score
+            elif room > 0:
+                scores[cand.item] = {name: cand.score}
+                room -= 1
+    return [Merged(item, by_source) for item, by_source in scores.items()]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from insession.candidates.base import Candidate, RequestContext
+from insession.candidates.base import Candidate, RequestContext, from_arrays
 
 
 class PopularitySource:
@@ -11,4 +11,4 @@ class PopularitySource:
     def candidates(self, ctx: RequestContext, k: int) -> list[Candidate]:
         model = ctx.model
         top = model.popular_order[:k]
-        return [Candidate(int(i), float(model.popularity[i])) for i in top]
+        return from_arrays(top, model.popularity[top])

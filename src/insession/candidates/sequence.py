@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from insession.candidates.base import Candidate, RequestContext
+from insession.candidates.base import Candidate, RequestContext, from_arrays
 
 
 class SequenceSource:
@@ -13,4 +13,4 @@ class SequenceSource:
         if ann is None or profile is None or not len(profile.sequence_vector):
             return []
         items, scores = ann.query(profile.sequence_vector, k)
-        return [Candidate(int(i), float(s)) for i, s in zip(items, scores, strict=True)]
+        return from_arrays(items, scores)
