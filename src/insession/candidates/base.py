@@ -43,7 +43,7 @@ class Candidate:
     score: float  # the source's own score, comparable only within that source
 
 
-def from_arrays(items: npt.NDArray[np.integer[Any]], scores: npt.NDArray[np.floating[Any]]) -> list[Candidate]:
+def from_arrays(items: npt.NDArray[np.integer[Any]], scores: npt.NDArray[np.number[Any]]) -> list[Candidate]:
     """Candidates from parallel arrays, converted to Python numbers once per list rather than once
     per element (the request path builds hundreds of these per source)."""
     return [Candidate(i, s) for i, s in zip(items.tolist(), scores.tolist(), strict=True)]
