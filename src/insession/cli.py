@@ -401,8 +401,8 @@ def evaluate(
     learn_online: Annotated[
         bool,
         typer.Option(
-            help="Predict, then learn: the engine's online co-visitation also learns from test events as they "
-            "are replayed. Off (default), it learns from training events only, like the baselines."
+            help="Predict, then learn: the engine's online co-visitation, and every baseline, also learn from "
+            "test events as they are replayed. Off (default), all learn from training events only."
         ),
     ] = False,
 ) -> None:

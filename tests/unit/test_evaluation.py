@@ -225,3 +225,14 @@ def test_a_churn_budget_lowers_churn_in_the_evaluation(shop_split: tuple[Split, 
     assert curve["new0"]["HR@20"] <= curve["none"]["HR@20"]  # nothing new: the price is relevance
     written = report.write(result, tmp_path / "out")
     assert "plot_churn" in written and "Relevance vs churn" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_learning_online_the_baselines_learn_from_the_same_test_events(shop_split: tuple[Split, ModelBundle]) -> None:
+    split, model = shop_split
+    frozen = evaluate(split, model=model, options=EvalOptions(workers=1, variants=("joint",), baselines=("sr",)))
+    learned = evaluate(
+        split, model=model, options=EvalOptions(workers=1, variants=("joint",), baselines=("sr",), learn_online=True)
+    )
+    assert "every baseline" in learned.run["learning"] and "baselines_learning_online_s" in learned.run["timings_s"]
+    assert learned.run["pairs"] == frozen.run["pairs"]
+    assert learned.metrics["sr"] != frozen.metrics["sr"]  # the rules grew during the test period

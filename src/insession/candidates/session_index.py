@@ -116,11 +116,17 @@ class SessionIndex:
         lo, hi = self.starts[nbrs], self.starts[nbrs + 1]
         lens = hi - lo
         flat = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-        owner = np.repeat(np.arange(len(nbrs)), lens)
-        items = self.items[flat].astype(np.int64)
+        return self.votes(prefix, cfg, self.items[flat].astype(np.int64), lens, flat - np.repeat(lo, lens), sims)
+
+    def votes(
+        self, prefix: IntArray, cfg: KnnConfig, items: IntArray, lens: IntArray, pos: IntArray, sims: FloatArray
+    ) -> tuple[IntArray, FloatArray]:
+        """Step 4: neighbour ``n`` holds ``lens[n]`` of ``items`` (contiguous, at positions ``pos``
+        in it) and votes ``sims[n]`` for each; the votes summed per item."""
+        owner = np.repeat(np.arange(len(sims)), lens)
         vote = np.repeat(sims, lens)
         if cfg.position_weight:
-            vote = vote * self._closeness(prefix, items, owner, flat - np.repeat(lo, lens), len(nbrs))
+            vote = vote * self._closeness(prefix, items, owner, pos, len(sims))
         uniq, inverse = np.unique(items, return_inverse=True)
         return uniq, np.bincount(inverse, weights=vote).astype(np.float64)
 

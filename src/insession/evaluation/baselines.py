@@ -80,6 +80,7 @@ class SequentialRules:
     name = "sr"
 
     def __init__(self, data: TrainingSessions, steps: int = 10) -> None:
+        self.steps = steps
         items, sessions = data.arr.items, data.arr.sessions
         rows, cols, weights = [], [], []
         for d in range(1, steps + 1):

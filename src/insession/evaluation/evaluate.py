@@ -22,6 +22,7 @@ from insession.evaluation.runner import (
     run_baseline,
     run_engine,
 )
+from insession.evaluation.streaming import run_learning
 from insession.model import ModelBundle
 from insession.pipeline import Recommender
 from insession.training import TrainConfig, default_workers, sessionize, train
@@ -187,6 +188,15 @@ def evaluate(
     t0 = time.perf_counter()
     baselines = fit_baselines(data, options.baselines)
     timings["fit_baselines_s"] = time.perf_counter() - t0
+    if options.learn_online and baselines:
+        # The engine learned from the test period; so do the baselines, from the same events.
+        tick = stage(f"baselines, learning online ({', '.join(b.name for b in baselines)})", len(plan_.pairs))
+        t0 = time.perf_counter()
+        learned = run_learning(baselines, popularity, plan_, model.catalog.index, session_cfg, options.k, tick)
+        timings["baselines_learning_online_s"] = time.perf_counter() - t0
+        for name, lists in learned.items():
+            score(name, lists, plan_, popularity, n_items, result)
+        baselines = []
     for baseline in baselines:
         tick = stage(baseline.name, len(plan_.pairs))
         t0 = time.perf_counter()
@@ -213,7 +223,8 @@ def evaluate(
         "sequence_model": {k: v for k, v in model.stats.get("sequence", {}).items() if k != "epochs"},
         "workers": options.workers,
         "learning": (
-            "predict, then learn: online co-visitation also learns from test events as they are replayed"
+            "predict, then learn: the engine's online co-visitation and every baseline also learn from "
+            "test events as they are replayed"
             if options.learn_online
             else "batch-only: online co-visitation learns from training events only"
         ),
