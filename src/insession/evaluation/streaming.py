@@ -136,12 +136,15 @@ class LiveSessionKNN:
         self.live_items: list[list[int]] = []  # per live session (numbered after training's)
         self.live_last: list[int] = []
         self.item_live: dict[int, list[int]] = defaultdict(list)  # item -> live sessions holding it
+        self.live_n = 0  # live sessions holding an item
         self.base_df = np.diff(self.index.item_ptr).astype(np.float64)
 
     def learn(self, session: int, item: int, ts: int) -> None:
         while len(self.live_items) <= session:
             self.live_items.append([])
             self.live_last.append(0)
+        if not self.live_items[session]:
+            self.live_n += 1
         if item not in self.live_items[session]:
             self.item_live[item].append(session)
         self.live_items[session].append(item)
@@ -176,7 +179,7 @@ class LiveSessionKNN:
         base_n = index.n_sessions
         p_items, weights, _ = SessionIndex._prefix(prefix)
         live_of = [[s for s in self.item_live.get(int(i), ()) if s != exclude] for i in p_items]
-        live_n = sum(1 for s in range(len(self.live_items)) if s != exclude and self.live_items[s])
+        live_n = self.live_n - (1 if 0 <= exclude < len(self.live_items) and self.live_items[exclude] else 0)
         if cfg.idf:
             df = self.base_df[p_items] + np.array([len(x) for x in live_of], dtype=np.float64)
             factor = weights * np.log(max(base_n + live_n, 1) / np.maximum(df, 1.0))
@@ -190,11 +193,10 @@ class LiveSessionKNN:
             return np.zeros(0, np.int64), np.zeros(0)
         uniq, inverse = np.unique(np.concatenate(sess), return_inverse=True)
         sims = np.bincount(inverse, weights=np.repeat(np.concatenate([factor, factor]), counts)).astype(np.float64)
-        last = np.where(
-            uniq < base_n,
-            index.last_ts[np.minimum(uniq, base_n - 1)],
-            np.array([self.live_last[s - base_n] if s >= base_n else 0 for s in uniq.tolist()], dtype=np.int64),
-        )
+        last = np.zeros(len(uniq), dtype=np.int64)
+        trained = uniq < base_n
+        last[trained] = index.last_ts[uniq[trained]]
+        last[~trained] = [self.live_last[s - base_n] for s in uniq[~trained].tolist()]
         recent = np.lexsort((-uniq, -last))  # newest first; the later session wins ties
         rank = np.empty(len(uniq), dtype=np.int64)
         rank[recent] = np.arange(len(uniq))
