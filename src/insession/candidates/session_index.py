@@ -36,6 +36,16 @@ class KnnConfig:
     position_weight: bool = True
 
 
+def select(sessions: IntArray, sims: FloatArray, recency: IntArray, cfg: KnnConfig) -> tuple[IntArray, FloatArray]:
+    """Steps 2-3 on candidate ``sessions`` with their similarity and recency rank (0 = newest): the
+    ``sample`` most recent, then the ``k`` most similar (ties: the more recent)."""
+    if len(sessions) > cfg.sample:
+        recent = np.argsort(recency, kind="stable")[: cfg.sample]
+        sessions, sims, recency = sessions[recent], sims[recent], recency[recent]
+    best = np.lexsort((recency, -sims))[: cfg.k]
+    return sessions[best], sims[best]
+
+
 @dataclass(slots=True)
 class SessionIndex:
     items: npt.NDArray[np.int32]  # every session's items, sessions contiguous
@@ -100,11 +110,7 @@ class SessionIndex:
         factor = weights * self.idf[items] if cfg.idf else weights
         uniq, inverse = np.unique(sess, return_inverse=True)
         sims = np.bincount(inverse, weights=np.repeat(factor, counts)).astype(np.float64)
-        if len(uniq) > cfg.sample:
-            recent = np.argsort(self.recency[uniq], kind="stable")[: cfg.sample]
-            uniq, sims = uniq[recent], sims[recent]
-        best = np.lexsort((self.recency[uniq], -sims))[: cfg.k]
-        return uniq[best], sims[best]
+        return select(uniq, sims, self.recency[uniq], cfg)
 
     def scores(self, prefix: IntArray, cfg: KnnConfig) -> tuple[IntArray, FloatArray]:
         """Every item the neighbours hold, with its vote (unsorted)."""

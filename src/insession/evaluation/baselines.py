@@ -70,7 +70,12 @@ class Popular:
     name = "popular"
 
     def __init__(self, data: TrainingSessions) -> None:
-        self.order = np.lexsort((np.arange(data.n_items), -data.popularity)).astype(np.int64)
+        self.order = Popular.ranking(data.popularity)
+
+    @staticmethod
+    def ranking(counts: npt.NDArray[np.float64]) -> IntArray:
+        """Items by count, most first; ties by item index."""
+        return np.lexsort((np.arange(len(counts)), -counts)).astype(np.int64)
 
     def recommend(self, prefix: IntArray, history: IntArray, k: int) -> IntArray:
         return self.order[:k]

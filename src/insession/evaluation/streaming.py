@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from insession.candidates.session_index import KnnConfig, SessionIndex
+from insession.candidates.session_index import KnnConfig, SessionIndex, select
 from insession.config import SessionConfig
 from insession.evaluation.baselines import Baseline, LongTerm, Popular, SequentialRules, SessionKNN, top_k
 from insession.evaluation.protocol import TARGET_TYPES, Plan
@@ -51,7 +51,7 @@ class LivePopular:
     def __init__(self, counts: FloatArray) -> None:
         self.name = "popular"
         self.counts = counts.astype(np.float64).copy()
-        self.order = np.lexsort((np.arange(len(self.counts)), -self.counts)).astype(np.int64)
+        self.order = Popular.ranking(self.counts)
         self.stale = False
 
     def learn(self, session: int, item: int, ts: int) -> None:
@@ -60,7 +60,7 @@ class LivePopular:
 
     def ranking(self) -> IntArray:
         if self.stale:
-            self.order = np.lexsort((np.arange(len(self.counts)), -self.counts)).astype(np.int64)
+            self.order = Popular.ranking(self.counts)
             self.stale = False
         return self.order
 
@@ -200,11 +200,7 @@ class LiveSessionKNN:
         recent = np.lexsort((-uniq, -last))  # newest first; the later session wins ties
         rank = np.empty(len(uniq), dtype=np.int64)
         rank[recent] = np.arange(len(uniq))
-        if len(uniq) > cfg.sample:
-            keep = recent[: cfg.sample]
-            uniq, sims, rank = uniq[keep], sims[keep], rank[keep]
-        best = np.lexsort((rank, -sims))[: cfg.k]
-        return uniq[best], sims[best]
+        return select(uniq, sims, rank, cfg)
 
 
 @dataclass(slots=True)
