@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from insession.clock import DAY_MS, SystemClock
 from insession.config import Settings, SurfaceConfig
@@ -37,12 +38,14 @@ from insession.training import TrainConfig, default_workers
 from insession.training import train as train_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="insession: real-time in-session recommendations.")
-console = Console()
+#: No markup: what is printed carries ids, paths and install commands (``insession[torch]``) that
+#: rich would otherwise read as style tags and drop.
+console = Console(markup=False)
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -57,11 +60,12 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except InsessionError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        console.print(f"error: {exc.message}", style="red")
         raise typer.Exit(2) from None
 
 
-SEQUENCE_HELP = "Also train the sequence model (needs the torch extra: pip install 'insession[torch]')."
+# Help text is rich markup: a bracket is escaped so the install command prints whole.
+SEQUENCE_HELP = "Also train the sequence model (needs the torch extra: pip install 'insession\\[torch]')."
 
 
 FACTORS_HELP = (
@@ -602,7 +606,7 @@ def explain(
                 console.print(f"rule {rule} removed {len(removed)}: {', '.join(removed[:8])}")
         if not result.identical:
             if not as_json:
-                console.print("[red]recomputed list differs from the served one:[/red]")
+                console.print("recomputed list differs from the served one:", style="red")
                 for line in result.diff:
                     console.print(f"  {line}")
             raise typer.Exit(1)
@@ -631,7 +635,7 @@ def diff(
         for n in range(max(len(first.items), len(second.items))):
             a = first.items[n].item_id if n < len(first.items) else ""
             b = second.items[n].item_id if n < len(second.items) else ""
-            table.add_row(str(n + 1), a, b if b != a else f"[dim]{b}[/dim]")
+            table.add_row(str(n + 1), a, b if b != a else Text(b, style="dim"))
         console.print(table)
         shared = len({i.item_id for i in first.items} & {i.item_id for i in second.items})
         console.print(f"{shared} of {len(first.items)} items in both lists")

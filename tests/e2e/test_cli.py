@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,23 @@ def test_train_writes_a_versioned_model(tmp_path: Path) -> None:
 def test_train_on_a_missing_file_fails_clearly(tmp_path: Path) -> None:
     result = run("train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "m"))
     assert result.returncode == 2 and "data" in result.stdout and "nope.csv" in result.stdout
+
+
+def test_brackets_in_messages_and_help_print_as_written(tmp_path: Path) -> None:
+    # Rich reads "[torch]" as a style tag and drops it: the install command printed as
+    # "pip install 'insession'" until the console stopped reading markup.
+    missing = tmp_path / "shop[red]" / "events.csv"
+    result = run("train", "--data", str(missing), "--out", str(tmp_path / "m"))
+    assert result.returncode == 2 and "shop[red]" in result.stdout, result.stdout
+    helped = subprocess.run(
+        [sys.executable, "-m", "insession.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert "pip install 'insession[torch]'" in helped.stdout, helped.stdout
 
 
 def test_evaluate_writes_metrics_report_and_real_plots(tmp_path: Path) -> None:
