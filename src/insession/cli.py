@@ -74,10 +74,12 @@ FACTORS_HELP = (
 )
 
 
-def _train_config(sequence: bool, online_factors: bool = False) -> TrainConfig:
+def _train_config(sequence: bool, online_factors: bool = False, learn_online: bool = True) -> TrainConfig:
     if sequence and (missing := torch_missing()) is not None:
         raise ValidationError([FieldError("sequence", "PyTorch installed (pip install 'insession[torch]')", missing)])
-    return TrainConfig(sequence=SequenceConfig(enabled=sequence), online_factors=online_factors)
+    return TrainConfig(
+        sequence=SequenceConfig(enabled=sequence), online_factors=online_factors, learn_online=learn_online
+    )
 
 
 def _say_sequence(model: ModelBundle) -> None:
@@ -113,7 +115,7 @@ def train(
             stage = progress.add_task("training", total=100)
             model = train_model(
                 events,
-                _train_config(sequence, online_factors),
+                _train_config(sequence, online_factors, settings.learn_online),
                 session_cfg=settings.session,
                 progress=lambda name, f: progress.update(
                     stage, completed=int(f * 100), description=f"training: {name}"

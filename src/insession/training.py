@@ -56,6 +56,12 @@ class TrainConfig:
     #: run the model wherever this model serves. Off by default: on the Taobao sample it cost 6%
     #: NDCG@20 (docs/architecture.md, online learning).
     online_factors: bool = False
+    #: Whether the model will serve with online learning on (``Settings.learn_online``), and so
+    #: whether the ranker's replay learns from each window's own events as it replays them (online
+    #: co-visitation, the online factor model). Off, it learns only from the events before each
+    #: window, as a server that does not learn online (or a batch-only evaluation) would: the
+    #: ranker then learns its features as they will be served, not fresher ones.
+    learn_online: bool = True
 
     def __post_init__(self) -> None:
         if self.covisit_window < 1:
@@ -337,7 +343,7 @@ def _replay_window(
         progress("replaying events for the ranker", done + span * (0.4 + 0.6 * f))
 
     base = train_parts(early, cfg, session_cfg, items, model_progress, sequence_init=previous)
-    return replay_groups(seen, base, session_cfg, start, ranker, replay_progress), base
+    return replay_groups(seen, base, session_cfg, start, ranker, replay_progress, cfg.learn_online), base
 
 
 def default_workers() -> int:

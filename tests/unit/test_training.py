@@ -101,3 +101,27 @@ def test_forked_ranker_replay_gives_the_same_model_as_the_sequential_one(shop: S
     assert {k: v for k, v in forked.stats["ranker"].items() if k not in timing} == {
         k: v for k, v in sequential.stats["ranker"].items() if k not in timing
     }
+
+
+def test_ranker_replay_learns_online_only_when_the_model_will() -> None:
+    """A pair first seen inside a replay window reaches the ranker's online co-visitation feature
+    only when the model will serve learning online; frozen, the window sees only what came before it."""
+    from insession.config import SessionConfig
+    from insession.ranking.features import FEATURE_NAMES
+    from insession.ranking.train import RankerConfig, replay_groups
+    from insession.training import train_parts
+
+    items = [Item(i) for i in ("a", "b", "c", "d", "e")]
+    early = session("u1", ["c", "d", "e"]) + session("u2", ["d", "c"], start=T0 + 10_000)
+    start = T0 + 3_600_000
+    window = session("x", ["a", "b"], start=start) + session("y", ["a", "b"], start=start + 60_000)
+    events = early + window
+    cfg = SessionConfig()
+    base = train_parts(early, TrainConfig(), cfg, items)
+    column = FEATURE_NAMES.index("covisit_online_score")
+    seen = {}
+    for learn in (True, False):
+        data = replay_groups(events, base, cfg, start, RankerConfig(negatives=3), learn_online=learn)
+        seen[learn] = float(data.x[data.y > 0, column].max())
+    assert seen[True] > 0  # y's "b" follows the a -> b that x taught the online counts
+    assert seen[False] == 0.0

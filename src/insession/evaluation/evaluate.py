@@ -106,9 +106,9 @@ def evaluate(
     timings: dict[str, float] = {}
     if model is None:
         t0 = time.perf_counter()
-        model = _train(
-            split, session_cfg, options.train, stage, "training the engine on the training side", options.workers
-        )
+        # The ranker learns its features as this evaluation serves them: learning online or not.
+        cfg = replace(options.train, learn_online=options.learn_online)
+        model = _train(split, session_cfg, cfg, stage, "training the engine on the training side", options.workers)
         timings["train_engine_s"] = time.perf_counter() - t0
     else:
         cutoff = int(model.params.get("cutoff_ms", 0))
@@ -172,7 +172,11 @@ def evaluate(
             churn_curve = curve
     if "no_sequence" in options.variants and model.sequence is not None:
         t0 = time.perf_counter()
-        cfg = replace(options.train, sequence=replace(options.train.sequence, enabled=False))
+        cfg = replace(
+            options.train,
+            sequence=replace(options.train.sequence, enabled=False),
+            learn_online=options.learn_online,
+        )
         plain = _train(
             split, session_cfg, cfg, stage, "training the engine without the sequence model", options.workers
         )

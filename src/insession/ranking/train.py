@@ -88,8 +88,11 @@ def replay_groups(
     from_ts: int,
     cfg: RankerConfig,
     progress: Callable[[float], None] = lambda f: None,
+    learn_online: bool = True,
 ) -> ReplayData:
-    """Build LambdaRank groups from target events at or after ``from_ts`` (``events`` in time order)."""
+    """Build LambdaRank groups from target events at or after ``from_ts`` (``events`` in time order).
+    Without ``learn_online`` the replay's online learning stops at ``from_ts``, as it would on a
+    server that does not learn online."""
     recommender = Recommender(base, {"home": SurfaceConfig("home")}, session_cfg.timeout_ms)
     eligible = [
         i for i, e in enumerate(events) if e.ts >= from_ts and e.type in TARGET_GAIN and e.item_id in base.catalog.index
@@ -98,7 +101,8 @@ def replay_groups(
     if len(eligible) > cfg.max_groups:
         eligible = sorted(rng.choice(eligible, size=cfg.max_groups, replace=False).tolist())
     due = request_points(events, eligible, session_cfg)
-    replay = Replay(session_cfg, factors=for_model(base))
+    learn = True if learn_online else np.array([e.ts < from_ts for e in events], dtype=np.bool_)
+    replay = Replay(session_cfg, learn=learn, factors=for_model(base))
     rows: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.int32]] = []
     groups: list[int] = []
