@@ -184,3 +184,24 @@ def test_ingest_refuses_a_too_late_event_by_name_and_keeps_the_rest(engine: Engi
     # A retry of an accepted event is a duplicate, even when it is now late.
     again = engine.ingest_raw(batch[1:2])
     assert (again.accepted, again.duplicates, again.rejected) == (0, 1, [])
+
+
+@given(
+    st.lists(
+        st.one_of(st.none(), st.lists(st.integers(-30 * 3_600_000, 3_600_000), min_size=1, max_size=64)),
+        max_size=30,
+    ),
+    st.integers(0, 2 * 3_600_000),
+)
+def test_window_counts_are_the_events_inside_each_window(times: list[list[int] | None], shift: int) -> None:
+    """``activity_features`` bisects each item's sorted times; the counts are the plain count of
+    events in ``(now - w, now]``, a request before an item's newest events included."""
+    from insession.features.activity import WINDOWS_MS, activity_features
+
+    now = T0 + shift
+    acts = [None if t is None else ItemActivity(1.0, T0 + max(t), tuple(sorted(T0 + x for x in t))) for t in times]
+    out = activity_features(acts, now)
+    for row, act in zip(out, acts, strict=True):
+        recent = () if act is None else act.recent
+        expected = [sum(now - w < t <= now for t in recent) for w in WINDOWS_MS]
+        assert row[1:].tolist() == expected

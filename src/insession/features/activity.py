@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -147,21 +148,28 @@ def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
 def activity_features(activity: Sequence[ItemActivity | None], now_ms: int) -> npt.NDArray[np.float64]:
     """Per item: log1p(live popularity) and the 5m/1h/24h event counts at ``now_ms`` (zeros if unknown).
 
-    Popularity as ``popularity_at`` gives it; a window counts the events in ``(now - w, now]``.
+    Popularity as ``popularity_at`` gives it; a window counts the events in ``(now - w, now]``,
+    found by bisecting each item's (sorted) recent times: a request's cost does not grow with how
+    busy its candidates are.
     """
     out = np.zeros((len(activity), 1 + len(WINDOWS_MS)), dtype=np.float64)
-    rows = [n for n, a in enumerate(activity) if a is not None]
+    rows: list[int] = []
+    decayed: list[float] = []
+    last: list[int] = []
+    counts: list[list[int]] = []
+    lows = [now_ms - w for w in WINDOWS_MS]
+    for n, a in enumerate(activity):
+        if a is None:
+            continue
+        rows.append(n)
+        decayed.append(a.decayed)
+        last.append(a.last_ts)
+        recent = a.recent
+        top = bisect_right(recent, now_ms)
+        counts.append([top - bisect_right(recent, low) for low in lows])
     if not rows:
         return out
-    known = [activity[n] for n in rows]
-    decayed = np.array([a.decayed for a in known if a is not None], dtype=np.float64)
-    last = np.array([a.last_ts for a in known if a is not None], dtype=np.int64)
-    age = np.maximum(now_ms - last, 0)
-    out[rows, 0] = np.log1p(decayed * np.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS))
-    lens = np.array([len(a.recent) for a in known if a is not None], dtype=np.int64)
-    flat = np.fromiter(chain.from_iterable(a.recent for a in known if a is not None), dtype=np.int64, count=lens.sum())
-    owner = np.repeat(np.asarray(rows, dtype=np.int64), lens)
-    for col, w in enumerate(WINDOWS_MS, start=1):
-        inside = (flat > now_ms - w) & (flat <= now_ms)
-        out[:, col] = np.bincount(owner[inside], minlength=len(activity))
+    age = np.maximum(now_ms - np.array(last, dtype=np.int64), 0)
+    out[rows, 0] = np.log1p(np.array(decayed) * np.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS))
+    out[rows, 1:] = counts
     return out

@@ -100,18 +100,9 @@ def feature_matrix(
     if n == 0:
         return x
     items = np.fromiter((m.item for m in merged), dtype=np.int64, count=n)
-    rows: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
-    for row, m in enumerate(merged):
-        for name, score in m.sources.items():
-            rows.append(row)
-            cols.append(SOURCE_COLUMNS.get(name, -1))
-            vals.append(score)
-    r, c, v = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), np.array(vals, dtype=np.float64)
-    x[:, 5] = np.bincount(r, minlength=n)  # how many sources proposed the item
-    scored = c >= 0
-    x[r[scored], c[scored]] = v[scored]
+    x[:, 5] = [len(m.sources) for m in merged]  # how many sources proposed the item
+    for name, column in SOURCE_COLUMNS.items():
+        x[:, column] = [m.sources.get(name, 0.0) for m in merged]
     x[:, 4] = (x[:, 4] != 0).astype(np.float32)  # popularity proposed it (a flag, not its count)
     x[:, 40] = (x[:, 40] != 0).astype(np.float32)  # the user's own recent item
     x[:, 51] = _lookup(ctx.online, items)  # every candidate, not only those its source proposed
