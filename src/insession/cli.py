@@ -23,7 +23,7 @@ from insession.clock import DAY_MS, SystemClock
 from insession.config import Settings, SurfaceConfig
 from insession.datasets import FORMATS, LoadStats, load_events
 from insession.engine import LOG_FILE, SNAPSHOT_FILE, Engine
-from insession.errors import FieldError, InsessionError, ValidationError
+from insession.errors import FieldError, InsessionError, ValidationError, describe
 from insession.evaluation import EvalOptions, Split, report, time_split
 from insession.evaluation import evaluate as evaluate_split
 from insession.evaluation.baselines import BASELINES
@@ -74,12 +74,25 @@ FACTORS_HELP = (
 )
 
 
-def _train_config(sequence: bool, online_factors: bool = False, learn_online: bool = True) -> TrainConfig:
+def _train_config(
+    sequence: bool, online_factors: bool = False, learn_online: bool = True, seed: int = 0
+) -> TrainConfig:
     if sequence and (missing := torch_missing()) is not None:
         raise ValidationError([FieldError("sequence", "PyTorch installed (pip install 'insession[torch]')", missing)])
+    if seed < 0:
+        raise ValidationError([FieldError("seed", "an integer >= 0", describe(seed))])
     return TrainConfig(
-        sequence=SequenceConfig(enabled=sequence), online_factors=online_factors, learn_online=learn_online
+        seed=seed,
+        sequence=SequenceConfig(enabled=sequence, seed=seed),
+        online_factors=online_factors,
+        learn_online=learn_online,
     )
+
+
+SEED_HELP = (
+    "Seed of every random part of training (embeddings, ANN index, the ranker's negatives and trees, the "
+    "sequence model): the same data and seed give the same model; other seeds show how much a re-fit moves."
+)
 
 
 def _say_sequence(model: ModelBundle) -> None:
@@ -105,6 +118,7 @@ def train(
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
     sequence: Annotated[bool, typer.Option(help=SEQUENCE_HELP)] = False,
     online_factors: Annotated[bool, typer.Option(help=FACTORS_HELP)] = False,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
 ) -> None:
     """Train a model from an event file and write a versioned model directory."""
     with _errors():
@@ -115,7 +129,7 @@ def train(
             stage = progress.add_task("training", total=100)
             model = train_model(
                 events,
-                _train_config(sequence, online_factors, settings.learn_online),
+                _train_config(sequence, online_factors, settings.learn_online, seed),
                 session_cfg=settings.session,
                 progress=lambda name, f: progress.update(
                     stage, completed=int(f * 100), description=f"training: {name}"
@@ -411,6 +425,7 @@ def evaluate(
             "test events as they are replayed. Off (default), all learn from training events only."
         ),
     ] = False,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
 ) -> None:
     """Score the engine, its ablations and the baselines on the next-item protocol; write a report."""
     with _errors():
@@ -433,7 +448,7 @@ def evaluate(
             baselines=names(baselines, "baselines", BASELINES),
             variants=names(variants, "variants", ALL_VARIANTS),
             workers=max(1, workers),
-            train=_train_config(sequence, online_factors),
+            train=_train_config(sequence, online_factors, seed=seed),
             churn_curve=churn_curve,
             hot=None if hot_threshold is None else (hot_threshold, hot_discount),
             learn_online=learn_online,

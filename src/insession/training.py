@@ -429,7 +429,7 @@ def train(
     """
     cfg = cfg or TrainConfig()
     session_cfg = session_cfg or SessionConfig()
-    ranker = ranker or RankerConfig()
+    ranker = ranker or RankerConfig(seed=cfg.seed)  # one seed for the whole model unless given apart
     workers = default_workers() if workers is None else workers
     started = time.perf_counter()
     event_list = sorted(events, key=lambda e: e.ts)  # stable: file order breaks ties

@@ -42,6 +42,20 @@ def test_train_writes_a_versioned_model(tmp_path: Path) -> None:
     assert manifest["version"] in result.stdout and manifest["stats"]["events"] == 200
 
 
+def test_train_seed_decides_the_model(tmp_path: Path) -> None:
+    data = tmp_path / "events.csv"
+    rows = ["session_id,item_id,timestamp"] + [f"s{n % 13},i{(n * 7) % 17},{1700000000 + n}" for n in range(300)]
+    data.write_text("\n".join(rows) + "\n")
+    versions = []
+    for n, seed in enumerate(("0", "0", "1")):
+        result = run("train", "--data", str(data), "--out", str(tmp_path / f"m{n}"), "--seed", seed)
+        assert result.returncode == 0, result.stderr + result.stdout
+        versions.append(json.loads((tmp_path / f"m{n}" / "manifest.json").read_text())["version"])
+    assert versions[0] == versions[1] != versions[2]
+    refused = run("train", "--data", str(data), "--out", str(tmp_path / "bad"), "--seed", "-1")
+    assert refused.returncode == 2 and "seed" in refused.stdout, refused.stdout
+
+
 def test_train_on_a_missing_file_fails_clearly(tmp_path: Path) -> None:
     result = run("train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "m"))
     assert result.returncode == 2 and "data" in result.stdout and "nope.csv" in result.stdout
