@@ -50,7 +50,7 @@ def torch_missing() -> str | None:
 class SequenceConfig:
     """Training parameters of the sequence model; recorded in the model's params."""
 
-    #: Off by default: on the data at hand it did not beat the engine without it (see the README).
+    #: Off by default: on the data at hand it did not beat the engine without it (see docs/evaluation.md).
     enabled: bool = False
     dim: int = 64
     layers: int = 1
