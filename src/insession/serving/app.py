@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from insession.engine import Engine
 from insession.errors import FieldError, InsessionError, Overloaded, PayloadTooLarge, StoreUnavailable
+from insession.filters import Filters
 from insession.freshness import cache_control
 from insession.pipeline import RecommendRequest
 from insession.serving.admission import RETRY_AFTER_S, Admission, Gate, check_key
@@ -44,12 +45,33 @@ class RecommendationContext(BaseModel):
     device: str | None = Field(default=None, max_length=64)
 
 
+class RecommendationFilters(BaseModel):
+    """What the list may hold; checked again by ``insession.filters.Filters``."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_categories: list[str] = Field(default_factory=list, max_length=200, description="Any of these categories.")
+    exclude_categories: list[str] = Field(default_factory=list, max_length=200, description="None of these.")
+    min_price: float | None = Field(default=None, ge=0, description="Items priced at least this (unpriced fail).")
+    max_price: float | None = Field(default=None, ge=0, description="Items priced at most this (unpriced fail).")
+    exclude_items: list[str] = Field(default_factory=list, max_length=200, description="Items not to show.")
+    available_only: bool = Field(default=False, description="Only items known to be available.")
+
+
 class RecommendationBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(min_length=1, max_length=128)
     surface: str = Field(default="home", min_length=1, max_length=64)
     k: int = Field(default=10, ge=1, le=100)
     context: RecommendationContext | None = None
+    filters: RecommendationFilters | None = None
+
+
+class ItemBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[Any] = Field(
+        description="Items to add or change: item_id and any of name, category, brand, price, available; "
+        "each is validated on its own."
+    )
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -183,7 +205,8 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
             context = {}
             if body.context is not None:
                 context = {k: str(v) for k, v in body.context.model_dump().items() if v is not None}
-            return recommend(RecommendRequest(body.user_id, body.surface, body.k, context), None)
+            filters = Filters.from_dict(body.filters.model_dump() if body.filters is not None else None)
+            return recommend(RecommendRequest(body.user_id, body.surface, body.k, context, filters=filters), None)
 
     @app.get("/v1/recommendations")
     def get_recommendations(
@@ -193,12 +216,37 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         k: Annotated[int, Query(ge=1, le=100)] = 10,
         item_id: Annotated[str | None, Query(max_length=128)] = None,
         if_none_match: Annotated[str | None, Header()] = None,
+        include_category: Annotated[list[str] | None, Query(max_length=200)] = None,
+        exclude_category: Annotated[list[str] | None, Query(max_length=200)] = None,
+        min_price: Annotated[float | None, Query(ge=0)] = None,
+        max_price: Annotated[float | None, Query(ge=0)] = None,
+        exclude_item: Annotated[list[str] | None, Query(max_length=200)] = None,
+        available_only: Annotated[bool, Query()] = False,
     ) -> Response:
         """The same list as POST, cacheable: send the ETag back in If-None-Match and an unchanged
-        list answers 304 with no body."""
+        list answers 304 with no body. Filters as query parameters (repeat a list parameter)."""
         with may_read(request):
             context = {"item_id": item_id} if item_id else {}
-            return recommend(RecommendRequest(user_id, surface, k, context), if_none_match)
+            filters = Filters(
+                tuple(include_category or ()),
+                tuple(exclude_category or ()),
+                min_price,
+                max_price,
+                tuple(exclude_item or ()),
+                available_only,
+            )
+            return recommend(RecommendRequest(user_id, surface, k, context, filters=filters), if_none_match)
+
+    @app.post("/v1/items")
+    def post_items(batch: ItemBatch, request: Request) -> dict[str, Any]:
+        """Add or change catalog items while serving: a new item is recommendable at once, one with
+        ``available: false`` is never served. Each item is validated on its own; the refused are
+        listed with every field at fault, as for events."""
+        with admit(request, settings.write_keys, "change the catalog"):
+            limit = engine.settings.max_batch_events
+            if len(batch.items) > limit:
+                raise PayloadTooLarge(f"items: expected at most {limit} items per batch, got {len(batch.items)}")
+            return engine.update_items(batch.items).to_dict()
 
     if bare_endpoint:
 
