@@ -272,10 +272,9 @@ def validate_event(raw: object) -> tuple[Event | None, list[FieldError]]:
         errors.append(
             FieldError("type", f"one of {allowed}", describe(raw_type) if "type" in raw else "nothing (field missing)")
         )
-    elif event_type in ITEM_EVENT_TYPES and item_id is None and "item_id" not in raw:
-        errors.append(
-            FieldError("item_id", f"an item id (required for type '{event_type.value}')", "nothing (field missing)")
-        )
+    elif event_type in ITEM_EVENT_TYPES and item_id is None and not any(e.field == "item_id" for e in errors):
+        got = "nothing (field missing)" if raw.get("item_id") is None else describe(raw["item_id"])
+        errors.append(FieldError("item_id", f"an item id (required for type '{event_type.value}')", got))
     ts: int | None = None
     if "ts" not in raw:
         errors.append(

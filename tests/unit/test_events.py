@@ -141,3 +141,9 @@ def test_events_built_in_python_are_checked_by_the_same_rules() -> None:
 def test_the_log_gets_standard_json_only() -> None:
     with pytest.raises(ValueError):
         Event("e", "u", EventType.VIEW, TS, "i", None, {"x": float("inf")}).to_json()
+
+
+def test_an_item_event_with_a_null_item_is_refused() -> None:
+    """Found by the hostile-input property test: ``"item_id": null`` passed as 'present' and put a
+    view without an item in the log, which then failed to open."""
+    assert fields_of(good(item_id=None)) == ["item_id"]
