@@ -197,3 +197,12 @@ def test_unknown_format_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as info:
         detect_format(path)
     assert info.value.errors[0].field == "format"
+
+
+def test_bytes_that_are_not_utf8_skip_the_row_only_where_the_field_is_needed(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    rows = b"".join(f"u{n},i{n},{1_700_000_000 + n},c\n".encode() for n in range(300))
+    path.write_bytes(b"user_id,item_id,timestamp,category\n" + rows + b"u\xff,i1,1700000000,c\nu1,i1,1700000000,\xfe\n")
+    events, stats = read_events(path)
+    assert len(events) == 301 and stats.skipped_rows == 1 and "category" not in events[-1].properties
+    assert stats.skipped["invalid UTF-8 in column user_id"] == 1

@@ -59,7 +59,8 @@ class LoadStats:
 
     @property
     def skipped_rows(self) -> int:
-        return sum(self.skipped.values())
+        """Rows read that did not become an event (a row at fault for two reasons counts once)."""
+        return max(self.rows - self.events, 0)
 
     def top_values(self, reason: str, n: int = 5) -> list[tuple[str, int]]:
         return self.values.get(reason, Counter()).most_common(n)
@@ -219,9 +220,9 @@ class _Text:
     codes: npt.NDArray[np.int64]
 
 
-def _text(table: Any, name: str, stats: LoadStats) -> _Text:
-    """Distinct values and codes of a column; bytes that are not UTF-8 make the row's value empty
-    (counted)."""
+def _text(table: Any, name: str, stats: LoadStats, required: bool = True) -> _Text:
+    """Distinct values and codes of a column. Bytes that are not UTF-8: the row is skipped (code -2,
+    counted) when the field is ``required`` for an event, else the value is dropped (noted)."""
     pa = _arrow()
     import pyarrow.compute as pc
 
@@ -239,8 +240,12 @@ def _text(table: Any, name: str, stats: LoadStats) -> _Text:
         bad = [n for n, v in enumerate(decoded) if v == "\0invalid"]
         if bad:
             mask = np.isin(codes, bad)
-            stats.skip(f"invalid UTF-8 in column {name}", None, int(mask.sum()))
-            codes[mask] = -2  # skipped later, counted here
+            if required:
+                stats.skip(f"invalid UTF-8 in column {name}", None, int(mask.sum()))
+                codes[mask] = -2  # skipped later, counted here
+            else:
+                stats.notes[f"invalid UTF-8 in column {name} (value dropped from the row)"] += int(mask.sum())
+                codes[mask] = -1
             for n in bad:
                 decoded[n] = ""
         return _Text(decoded, codes)
@@ -264,9 +269,9 @@ def _codes(encoded: Any) -> npt.NDArray[np.int64]:
     return np.asarray(pc.fill_null(indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _first_present(table: Any, names: Sequence[str], stats: LoadStats) -> _Text | None:
+def _first_present(table: Any, names: Sequence[str], stats: LoadStats, required: bool) -> _Text | None:
     """A text field read from the first non-empty of several columns (``a|b`` in a mapping)."""
-    found = [_text(table, n, stats) for n in names]
+    found = [_text(table, n, stats, required) for n in names]
     if not found:
         return None
     if len(found) == 1:
@@ -407,7 +412,7 @@ def _prices(table: Any, name: str, stats: LoadStats) -> npt.NDArray[np.float64]:
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
         values = np.asarray(pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy(zero_copy_only=False))
     else:
-        text = _text(table, name, stats)
+        text = _text(table, name, stats, required=False)
         parsed = np.full(len(text.values), np.nan)
         for i, v in enumerate(text.values):
             try:
@@ -510,7 +515,11 @@ def table_events(path: Path, fmt: TableFormat, mapping: DataMapping, stats: Load
     if malformed:
         stats.skip("malformed rows (wrong number of fields)", None, len(malformed))
     cols = _columns_for(table, fmt, mapping, path.name)
-    text = {name: _first_present(table, cols[name], stats) for name in cols if name not in ("timestamp", "price")}
+    text = {
+        name: _first_present(table, cols[name], stats, name not in ("category", "brand"))
+        for name in cols
+        if name not in ("timestamp", "price")
+    }
     ts = _timestamps(table, cols["timestamp"][0], fmt.seconds, stats)
     price = _prices(table, cols["price"][0], stats) if "price" in cols else None
     for name in ("user_id", "session_id", "item_id", "event_id"):
@@ -532,7 +541,7 @@ def table_events(path: Path, fmt: TableFormat, mapping: DataMapping, stats: Load
         raise ValidationError(
             [FieldError("properties", f"columns of {path.name} ({', '.join(table.column_names)})", ", ".join(absent))]
         )
-    extras = {c: _text(table, c, stats) for c in extra_names}
+    extras = {c: _text(table, c, stats, required=False) for c in extra_names}
     for key, found in extras.items():
         _valid_property(found, key, stats)
 
