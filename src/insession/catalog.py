@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,40 @@ class Catalog:
         self.has_unavailable = bool((self.availability == 0).any())
         self.category_index: dict[str, int] = code
 
+    def changed(self, updates: Mapping[int, Item], new: Sequence[Item]) -> Catalog:
+        """This catalog with the items at ``updates``' indices replaced and ``new`` appended (ids not
+        in it), built from this one's arrays: a catalog of a million items changes in tens of
+        milliseconds instead of the seconds a rebuild takes. Categories and brands that are new
+        get codes after re-sorting the names, so the codes are those a rebuild would give, except
+        that a name no item carries any more keeps its place."""
+        out = Catalog.__new__(Catalog)
+        items = list(self.items)
+        for n, item in updates.items():
+            items[n] = item
+        items.extend(new)
+        out.items = tuple(items)
+        out.ids = self.ids + tuple(i.item_id for i in new)
+        out.index = dict(self.index)
+        for n, item in enumerate(new, start=len(self.items)):
+            if out.index.setdefault(item.item_id, n) != n:
+                raise ValueError(f"catalog already holds item {item.item_id!r}")
+        touched = [*updates.items(), *enumerate(new, start=len(self.items))]
+        names, codes = _recoded(self.category_names, self.category_codes, [(n, i.category) for n, i in touched])
+        out.category_names, out.category_codes = names, codes
+        out.category_index = {name: n for n, name in enumerate(names)}
+        brands, brand_codes = _recoded(
+            tuple(self.brand_index), self.brand_codes, [(n, i.brand or None) for n, i in touched]
+        )
+        out.brand_index, out.brand_codes = {name: n for n, name in enumerate(brands)}, brand_codes
+        k = len(new)
+        out.prices = np.concatenate([self.prices, np.full(k, np.nan)])
+        out.availability = np.concatenate([self.availability, np.full(k, -1, dtype=np.int8)])
+        for n, item in touched:
+            out.prices[n] = np.nan if item.price is None else item.price
+            out.availability[n] = -1 if item.available is None else int(item.available)
+        out.has_unavailable = bool((out.availability == 0).any())
+        return out
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -168,6 +202,27 @@ class Catalog:
     @staticmethod
     def from_list(raw: Iterable[dict[str, Any]]) -> Catalog:
         return Catalog([Item.from_dict(r) for r in raw])
+
+
+def _recoded(
+    names: tuple[str, ...], codes: npt.NDArray[np.int32], values: Sequence[tuple[int, str | None]]
+) -> tuple[tuple[str, ...], npt.NDArray[np.int32]]:
+    """Sorted names and per-item codes after items at the given indices take the given values
+    (indices past the end are appended)."""
+    extra = {v for _, v in values if v is not None} - set(names)
+    grow = max(max((n for n, _ in values), default=-1) + 1 - len(codes), 0)
+    out = np.concatenate([codes, np.full(grow, -1, np.int32)])
+    if extra:
+        merged = tuple(sorted({*names, *extra}))
+        position = {name: n for n, name in enumerate(merged)}
+        remap = np.array([position[name] for name in names] + [-1], dtype=np.int32)
+        out = remap[out]  # -1 stays -1 (the appended last entry)
+        names = merged
+    else:
+        position = {name: n for n, name in enumerate(names)}
+    for n, value in values:
+        out[n] = -1 if value is None else position[value]
+    return names, out
 
 
 def item_of(event: Event) -> Item:

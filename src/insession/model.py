@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,12 @@ class ModelBundle:
     #: they joined: this bundle is ``base.with_items(added)``.
     added: tuple[Item, ...] = ()
     base: ModelBundle | None = None
+    #: ``with_items``: the popularity order it extended (new items have none: they go last).
+    known_order: npt.NDArray[np.int64] | None = field(default=None, repr=False, compare=False)
+    #: ``with_items``: the per-category popularity orders, when it could extend its model's.
+    known_categories: dict[int, npt.NDArray[np.int64]] | None = field(default=None, repr=False, compare=False)
+    #: The buffer ``embeddings`` is a prefix of, shared with the versions ``with_items`` derives.
+    rows: _Rows | None = field(default=None, repr=False, compare=False)
     popular_order: npt.NDArray[np.int64] = field(init=False)
     category_items: dict[int, npt.NDArray[np.int64]] = field(init=False)
 
@@ -87,10 +94,19 @@ class ModelBundle:
                 f"{self.covisit.n_items}, popularity {len(self.popularity)}, embeddings {len(self.embeddings)}, "
                 f"sequence {seq_n}"
             )
-        # Most popular first; ties broken by dense index so the order is total and stable.
-        self.popular_order = np.lexsort((np.arange(n), -self.popularity))
-        codes = self.catalog.category_codes[self.popular_order]
-        self.category_items = {int(code): self.popular_order[codes == code] for code in np.unique(codes) if code >= 0}
+        # Most popular first; ties broken by dense index so the order is total and stable. Items
+        # joined later have no popularity and the highest indices: they extend the order as it is.
+        if self.known_order is not None:
+            known = len(self.known_order)
+            self.popular_order = np.concatenate([self.known_order, np.arange(known, n, dtype=np.int64)])
+            self.known_order = None
+        else:
+            self.popular_order = np.lexsort((np.arange(n), -self.popularity))
+        if self.known_categories is not None:  # computed by with_items from its model's
+            self.category_items = self.known_categories
+            self.known_categories = None
+        else:
+            self.category_items = _categories(self.popular_order, self.catalog.category_codes)
         if not self.version:
             self.version = _version(self._files())
 
@@ -117,22 +133,38 @@ class ModelBundle:
         added = (*self.added, *changes)
         known = self.catalog.index
         latest = {i.item_id: i for i in changes}
-        new = [latest[i] for i in dict.fromkeys(c.item_id for c in changes) if i not in known]
+        joined: dict[str, Item] = {}  # each new item as it joined: its starting vector comes from that
+        for item in changes:
+            if item.item_id not in known:
+                joined.setdefault(item.item_id, item)
+        new = [latest[i] for i in joined]
+        updates = {known[i]: item for i, item in latest.items() if i in known}
         k = len(new)
-        catalog_items = [latest.get(i.item_id, i) for i in self.catalog.items] + new
-        sequence = self.sequence.padded(len(self.catalog) + k) if self.sequence is not None and k else self.sequence
+        size = len(self.catalog) + k
+        sequence = self.sequence.padded(size) if self.sequence is not None and k else self.sequence
         sessions = self.sessions
         if sessions is not None and k:
-            sessions = SessionIndex(sessions.items, sessions.starts, sessions.last_ts, len(self.catalog) + k)
+            sessions = SessionIndex(sessions.items, sessions.starts, sessions.last_ts, size)
+        rows = self.rows or _Rows(self.embeddings)
+        embeddings, rows = rows.extended(self.embeddings, base._cold_vectors(list(joined.values())))
+        catalog = self.catalog.changed(updates, new)
+        categories = None
+        same_codes = catalog.category_names == self.catalog.category_names
+        if same_codes and all(catalog.category_codes[n] == self.catalog.category_codes[n] for n in updates):
+            categories = dict(self.category_items)  # joined items have no popularity: last in theirs
+            for n in range(len(self.catalog), size):
+                code = int(catalog.category_codes[n])
+                if code >= 0:
+                    categories[code] = np.append(categories.get(code, np.zeros(0, dtype=np.int64)), n)
         return ModelBundle(
-            catalog=Catalog(catalog_items),
+            catalog=catalog,
             covisit=CovisitMatrix(
                 np.concatenate([self.covisit.indptr, np.full(k, self.covisit.indptr[-1], dtype=np.int64)]),
                 self.covisit.indices,
                 self.covisit.weights,
             ),
             popularity=np.concatenate([self.popularity, np.zeros(k, dtype=np.float32)]),
-            embeddings=np.vstack([self.embeddings, self._cold_vectors(new)]),
+            embeddings=embeddings,
             ann=self.ann,
             ranker=self.ranker,
             sessions=sessions,
@@ -143,11 +175,16 @@ class ModelBundle:
             version=_line_versions(base.version, added)[-1],
             added=added,
             base=base,
+            known_order=self.popular_order,
+            known_categories=categories,
+            rows=rows,
         )
 
     def _cold_vectors(self, items: Sequence[Item]) -> npt.NDArray[np.float32]:
         """A starting vector for each joined item: the normalised mean of its category's trained
-        vectors (content-based cold start; zero without a known category)."""
+        vectors (content-based cold start; zero without a category the trained model knows). Called
+        on the trained model only, so an item's vector does not depend on what joined or changed
+        before it, nor on how the changes were batched (the version does not either)."""
         out = np.zeros((len(items), self.embeddings.shape[1]), dtype=np.float32)
         codes = {name: n for n, name in enumerate(self.catalog.category_names)}
         for row, item in enumerate(items):
@@ -260,6 +297,48 @@ class ModelBundle:
             version=manifest["version"],
         )
         return bundle
+
+
+class _Rows:
+    """A buffer that grows by appended rows, shared by a model and the versions ``with_items``
+    derives from it: the newest version's embeddings are a prefix of it, so adding k items to a
+    model of n copies k rows, not n (at a million items, 256 MB per added item otherwise). Only the
+    newest prefix extends in place; extending an older one (``at_version`` rebuilding a past
+    version) copies, so no array a model holds ever changes."""
+
+    def __init__(self, array: npt.NDArray[np.float32]) -> None:
+        self.buffer = array
+        self.used = len(array)
+        self._lock = threading.Lock()
+
+    def extended(
+        self, prefix: npt.NDArray[np.float32], rows: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], _Rows]:
+        with self._lock:
+            if len(prefix) == self.used and (len(prefix) == 0 or np.shares_memory(prefix, self.buffer)):
+                need = self.used + len(rows)
+                if need > len(self.buffer):
+                    room = max(need, len(self.buffer) + len(self.buffer) // 8 + 1024)  # 1/8 spare: memory stays near n
+                    grown = np.empty((room, *self.buffer.shape[1:]), self.buffer.dtype)
+                    grown[: self.used] = self.buffer[: self.used]
+                    self.buffer = grown
+                self.buffer[self.used : need] = rows
+                self.used = need
+                return self.buffer[:need], self
+        fresh = _Rows(np.concatenate([prefix, rows]))
+        return fresh.buffer, fresh
+
+
+def _categories(order: npt.NDArray[np.int64], codes: npt.NDArray[np.int32]) -> dict[int, npt.NDArray[np.int64]]:
+    """Each category's items in ``order`` (most popular first)."""
+    in_order = codes[order]
+    by_code = np.argsort(in_order, kind="stable")  # the popularity order kept within each category
+    bounds = np.searchsorted(in_order[by_code], np.arange(int(codes.max(initial=-1)) + 2))
+    return {
+        code: order[by_code[bounds[code] : bounds[code + 1]]]
+        for code in range(len(bounds) - 1)
+        if bounds[code + 1] > bounds[code]
+    }
 
 
 def _line_versions(base_version: str, changes: Sequence[Item]) -> list[str]:
