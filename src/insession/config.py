@@ -187,6 +187,14 @@ class Settings:
     max_queue_ms: float = 25.0
     #: Requests running in the engine at once (the rest wait, up to ``max_queue_ms``).
     max_concurrent: int = 2
+    #: A request whose body has not fully arrived this long after its headers gets 408 and gives
+    #: its in-flight slot back (a slow or stalled sender cannot hold the server's slots).
+    body_timeout_ms: float = 10_000.0
+    #: Explanations (seconds of CPU each) may use at most this share of the server's time, over
+    #: a sliding ``explain_window_s``; beyond it they are refused with 503 + Retry-After, so they
+    #: can never starve lists and events.
+    explain_share: float = 0.1
+    explain_window_s: float = 60.0
     #: API keys (``X-API-Key`` or ``Authorization: Bearer``): when set, writing events needs one of
     #: ``write_keys`` and reading lists or explanations one of ``read_keys``. Never logged.
     read_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -204,6 +212,9 @@ class Settings:
         _require(self.max_inflight >= 1, "max_inflight", "an integer >= 1", self.max_inflight)
         _require(self.max_concurrent >= 1, "max_concurrent", "an integer >= 1", self.max_concurrent)
         _require(self.max_queue_ms > 0, "max_queue_ms", "a positive number of ms", self.max_queue_ms)
+        _require(self.body_timeout_ms > 0, "body_timeout_ms", "a positive number of ms", self.body_timeout_ms)
+        _require(0 < self.explain_share <= 1, "explain_share", "0 < x <= 1", self.explain_share)
+        _require(self.explain_window_s > 0, "explain_window_s", "a positive number of seconds", self.explain_window_s)
         for name in ("read_keys", "write_keys"):
             keys = getattr(self, name)
             _require(
@@ -293,7 +304,14 @@ def _from_toml(path: Path) -> dict[str, Any]:
             if not isinstance(doc[key], list) or not all(isinstance(k, str) for k in doc[key]):
                 raise ValidationError([FieldError(key, "a list of strings", describe(doc[key]))])
             out[key] = tuple(doc[key])
-    for key in ("store_timeout_ms", "l1_max_age_ms", "max_queue_ms"):
+    for key in (
+        "store_timeout_ms",
+        "l1_max_age_ms",
+        "max_queue_ms",
+        "body_timeout_ms",
+        "explain_share",
+        "explain_window_s",
+    ):
         if key in doc:
             out[key] = float(doc[key])
     if "learn_online" in doc:
