@@ -26,7 +26,15 @@ import numpy.typing as npt
 from insession.catalog import Item, item_of
 from insession.clock import Clock, SystemClock
 from insession.config import Settings, SurfaceConfig
-from insession.errors import FieldError, InsessionError, NotFound, SnapshotCorrupt, StoreUnavailable, Unsupported
+from insession.errors import (
+    FieldError,
+    InsessionError,
+    NotFound,
+    SnapshotCorrupt,
+    StorageFault,
+    StoreUnavailable,
+    Unsupported,
+)
 from insession.events import Event, validate_event
 from insession.explain import Explainer, Explanation
 from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemActivity
@@ -62,6 +70,9 @@ CATALOG_TTL_S = 10 * 365 * 24 * 3600
 LOG_FILE = "events.sqlite"
 SNAPSHOT_FILE = "state.snapshot"
 PURGE_EVERY_MS = 60_000
+#: The request-context keys the pipeline reads (``pipeline.py``: item_id; ``ranking/features.py``:
+#: page, device): all a manifest keeps of a request's context, and all explain needs.
+CONTEXT_READ = ("item_id", "page", "device")
 #: After a snapshot fails (disk full, read-only directory) the next one is tried this much later.
 SNAPSHOT_RETRY_S = 30.0
 
@@ -97,11 +108,12 @@ class DataDirHealth:
         now = time.monotonic()
         if self.directory is not None and now - self._checked >= (1.0 if self.error else 10.0):
             self._checked = now
-            self.error = self._probe(self.directory)
+            self.error = self.probe(self.directory)
         return self.error
 
     @classmethod
-    def _probe(cls, directory: Path) -> str | None:
+    def probe(cls, directory: Path) -> str | None:
+        """Why ``directory`` cannot take a small fsynced write, or ``None`` when it can."""
         probe = directory / cls.PROBE
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -250,7 +262,12 @@ class Engine:
             model = ModelBundle.load(settings.model_dir)
         clock = clock or SystemClock()
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageFault(f"data_dir {data_dir}: cannot create it ({exc.strerror or exc})") from None
+        if (unwritable := DataDirHealth.probe(data_dir)) is not None:
+            raise StorageFault(unwritable)  # a server that cannot keep what it acknowledges does not start
         requests = RequestLog(data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
         if settings.store.startswith("redis://"):
             return cls.on_redis(settings, model, clock, requests)
@@ -527,7 +544,7 @@ class Engine:
             user_id=req.user_id,
             surface=req.surface,
             k=req.k,
-            context=dict(req.context),
+            context={k: req.context[k] for k in CONTEXT_READ if k in req.context},
             now_ms=req.now_ms,
             log_position=position,
             session_version=version,

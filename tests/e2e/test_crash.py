@@ -162,3 +162,34 @@ def test_sigkill_during_ingest_loses_no_acknowledged_event_and_folds_none_twice(
         }
     finally:
         engine.log.close()
+
+
+def test_sigterm_drains_writes_the_snapshot_and_exits_0(
+    tmp_path: Path, model: ModelBundle, shop: SyntheticShop
+) -> None:
+    model_dir = tmp_path / "model"
+    model.save(model_dir)
+    data_dir = tmp_path / "data"
+    config = tmp_path / "insession.toml"
+    config.write_text("snapshot_every_events = 1000000\n")  # only the shutdown snapshot
+    t0 = shop.events[-1].ts + 60_000
+    proc, url = start_server(model_dir, data_dir, config)
+    try:
+        for n in range(5):
+            answer = httpx.post(f"{url}/v1/events", json={"events": batch_of(n, shop, t0)}, timeout=10)
+            assert answer.status_code == 200
+        assert not (data_dir / SNAPSHOT_FILE).exists()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0
+    snapshot = MemoryFeatureStore(SystemClock())
+    snapshot.load(data_dir / SNAPSHOT_FILE)
+    assert snapshot.applied_position() == 5 * 40
+    replay = subprocess.run(
+        [sys.executable, "-m", "insession", "replay", "--data-dir", str(data_dir)], capture_output=True, timeout=300
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert b"identical" in replay.stdout

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, field_validator, model_validator
 
+from insession.engine import CONTEXT_READ
 from insession.events import (
     MAX_ID_CHARS,
     MAX_PROPERTIES,
@@ -179,10 +180,6 @@ class IngestResult(BaseModel):
 
 
 # -- recommendations --------------------------------------------------------------------------
-#: The context keys the pipeline reads (ranking/features.py: page, device; pipeline.py: item_id).
-CONTEXT_READ = ("item_id", "page", "device")
-
-
 class RecommendationContext(BaseModel):
     """Where the list is shown. ``item_id``, ``page`` and ``device`` are read by the ranker; other
     keys are accepted within the same limits as event properties and not kept."""
