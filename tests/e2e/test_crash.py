@@ -71,6 +71,18 @@ def start_server(model_dir: Path, data_dir: Path, config: Path) -> tuple[subproc
     raise RuntimeError("server did not start within 120 s")
 
 
+def serve_in(
+    tmp_path: Path, data_dir: Path, model: ModelBundle, toml: str
+) -> tuple[subprocess.Popen[bytes], str, Path, Path]:
+    """Save the model, write the settings file, start ``insession serve`` on ``data_dir``."""
+    model_dir = tmp_path / "model"
+    model.save(model_dir)
+    config = tmp_path / "insession.toml"
+    config.write_text(toml)
+    proc, url = start_server(model_dir, data_dir, config)
+    return proc, url, model_dir, config
+
+
 def batch_of(n: int, shop: SyntheticShop, t0: int, size: int = 40) -> list[dict[str, Any]]:
     items = [i.item_id for i in shop.items]
     return [
@@ -88,13 +100,10 @@ def batch_of(n: int, shop: SyntheticShop, t0: int, size: int = 40) -> list[dict[
 def test_sigkill_during_ingest_loses_no_acknowledged_event_and_folds_none_twice(
     tmp_path: Path, model: ModelBundle, shop: SyntheticShop
 ) -> None:
-    model_dir = tmp_path / "model"
-    model.save(model_dir)
     data_dir = tmp_path / "data"
-    config = tmp_path / "insession.toml"
-    config.write_text("snapshot_every_events = 400\n")  # snapshots are written while it is killed
+    # Snapshots are written while it is killed.
+    proc, url, model_dir, config = serve_in(tmp_path, data_dir, model, "snapshot_every_events = 400\n")
     t0 = shop.events[-1].ts + 60_000
-    proc, url = start_server(model_dir, data_dir, config)
     acknowledged: list[str] = []
     in_flight: list[list[dict[str, Any]]] = []
     stop = threading.Event()
@@ -167,13 +176,10 @@ def test_sigkill_during_ingest_loses_no_acknowledged_event_and_folds_none_twice(
 def test_sigterm_drains_writes_the_snapshot_and_exits_0(
     tmp_path: Path, model: ModelBundle, shop: SyntheticShop
 ) -> None:
-    model_dir = tmp_path / "model"
-    model.save(model_dir)
     data_dir = tmp_path / "data"
-    config = tmp_path / "insession.toml"
-    config.write_text("snapshot_every_events = 1000000\n")  # only the shutdown snapshot
+    # Only the shutdown snapshot.
+    proc, url, _, _ = serve_in(tmp_path, data_dir, model, "snapshot_every_events = 1000000\n")
     t0 = shop.events[-1].ts + 60_000
-    proc, url = start_server(model_dir, data_dir, config)
     try:
         for n in range(5):
             answer = httpx.post(f"{url}/v1/events", json={"events": batch_of(n, shop, t0)}, timeout=10)

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_crash import SERVE, batch_of, free_port, start_server
+from test_crash import SERVE, batch_of, free_port, serve_in
 
 from conftest import unavailable
 from insession import engine as engine_module
@@ -104,13 +104,9 @@ def logged_ids(data_dir: Path) -> set[str]:
 def test_a_full_disk_is_a_503_with_nothing_stored_and_health_says_so_until_space_returns(
     tmp_path: Path, tmpfs: Path, model: ModelBundle, shop: SyntheticShop
 ) -> None:
-    model_dir = tmp_path / "model"
-    model.save(model_dir)
     data_dir = tmpfs / "data"
-    config = tmp_path / "insession.toml"
-    config.write_text("snapshot_every_events = 1000000\n")
+    proc, url, _, _ = serve_in(tmp_path, data_dir, model, "snapshot_every_events = 1000000\n")
     t0 = shop.events[-1].ts + 60_000
-    proc, url = start_server(model_dir, data_dir, config)
     acknowledged: set[str] = set()
     try:
         first = post(url, batch_of(0, shop, t0))
@@ -158,13 +154,9 @@ def test_a_full_disk_is_a_503_with_nothing_stored_and_health_says_so_until_space
 def test_a_server_will_not_start_on_a_read_only_data_directory(
     tmp_path: Path, tmpfs: Path, model: ModelBundle, shop: SyntheticShop
 ) -> None:
-    model_dir = tmp_path / "model"
-    model.save(model_dir)
     data_dir = tmpfs / "data"
-    config = tmp_path / "insession.toml"
-    config.write_text("")
+    proc, url, model_dir, _ = serve_in(tmp_path, data_dir, model, "")
     t0 = shop.events[-1].ts + 60_000
-    proc, url = start_server(model_dir, data_dir, config)
     try:
         assert post(url, batch_of(0, shop, t0)).status_code == 200
     finally:

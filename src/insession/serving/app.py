@@ -51,7 +51,7 @@ from insession.serving.admission import (
     check_key,
 )
 from insession.serving.metrics import ServiceMetrics, engine_metrics
-from insession.serving.schemas import ERROR_501, EventBatch, RecommendationRequest, document, errors
+from insession.serving.schemas import BODY_ERRORS, ERROR_501, EventBatch, RecommendationRequest, document, errors
 
 logger = logging.getLogger(__name__)
 STATIC = FsPath(__file__).with_name("static")
@@ -182,7 +182,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     @app.post(
         "/v1/events",
         response_model=None,
-        responses={200: {"model": schemas.IngestResult}, **errors(401, 408, 413, 422)},
+        responses={200: {"model": schemas.IngestResult}, **errors(*BODY_ERRORS)},
     )
     def post_events(batch: EventBatch, request: Request) -> dict[str, Any]:
         """Append a batch of events (each validated on its own) and fold them into state."""
@@ -232,7 +232,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     @app.post(
         "/v1/recommendations",
         response_model=None,
-        responses={200: {"model": schemas.Recommendation}, **errors(401, 408, 413, 422)},
+        responses={200: {"model": schemas.Recommendation}, **errors(*BODY_ERRORS)},
     )
     def post_recommendations(body: RecommendationRequest, request: Request) -> Response:
         """A list for a user on a surface, computed now from the user's session."""
@@ -265,7 +265,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
 
     if bare_endpoint:
 
-        @app.post("/v1/bench/bare", response_model=None, responses=errors(401, 408, 413, 422))
+        @app.post("/v1/bench/bare", response_model=None, responses=errors(*BODY_ERRORS))
         def bare(body: RecommendationRequest, request: Request) -> Response:
             with may_read(request):  # the same checks as a real request, so the floor is comparable
                 return JSONResponse(

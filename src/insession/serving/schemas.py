@@ -73,6 +73,16 @@ def _error_example(status: int, error: str, field: str | None = None, expected: 
 
 #: Every status the server sends besides 200, with an example of its body.
 ERRORS: dict[int, dict[str, Any]] = {
+    400: {
+        "description": "The body is not a JSON document in UTF-8.",
+        **_error_example(
+            400,
+            "body: expected a JSON document (UTF-8), got There was an error parsing the body",
+            "body",
+            "a JSON document (UTF-8)",
+            "There was an error parsing the body",
+        ),
+    },
     401: {
         "description": "API keys are configured and the request carries none allowed for it (checked before the "
         "body is read).",
@@ -85,12 +95,22 @@ ERRORS: dict[int, dict[str, Any]] = {
     408: {
         "description": "The body did not arrive within body_timeout_ms; the connection is closed.",
         **_error_example(
-            408, "body: expected the whole body within body_timeout_ms = 10000, got 12 bytes", "body", "", ""
+            408,
+            "body: expected the whole body within body_timeout_ms = 10000, got 12 bytes",
+            "body",
+            "the whole body within body_timeout_ms = 10000",
+            "12 bytes",
         ),
     },
     413: {
         "description": "The body is over max_body_bytes, or the batch over max_batch_events.",
-        **_error_example(413, "body: expected at most max_body_bytes = 4194304 bytes, got 5000000 bytes", "body"),
+        **_error_example(
+            413,
+            "body: expected at most max_body_bytes = 4194304 bytes, got 5000000 bytes",
+            "body",
+            "at most max_body_bytes = 4194304 bytes",
+            "5000000 bytes",
+        ),
     },
     422: {
         "description": "The body or a parameter is malformed; every field at fault is listed.",
@@ -114,6 +134,10 @@ ERROR_501 = {
     "description": "Not with this configuration (explain needs the embedded event log).",
     **_error_example(501, "explain: needs the embedded event log (store = memory)"),
 }
+
+
+#: What a route with a JSON body can be refused for, besides what every route can.
+BODY_ERRORS = (400, 401, 408, 413, 422)
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
