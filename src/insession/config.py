@@ -195,6 +195,9 @@ class Settings:
     #: can never starve lists and events.
     explain_share: float = 0.1
     explain_window_s: float = 60.0
+    #: Served from a model directory, explanations run in a child process of their own (a second
+    #: copy of the model in memory) so they never hold the interpreter lists are served in.
+    explain_process: bool = True
     #: API keys (``X-API-Key`` or ``Authorization: Bearer``): when set, writing events needs one of
     #: ``write_keys`` and reading lists or explanations one of ``read_keys``. Never logged.
     read_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -314,10 +317,11 @@ def _from_toml(path: Path) -> dict[str, Any]:
     ):
         if key in doc:
             out[key] = float(doc[key])
-    if "learn_online" in doc:
-        if not isinstance(doc["learn_online"], bool):
-            raise ValidationError([FieldError("learn_online", "true or false", describe(doc["learn_online"]))])
-        out["learn_online"] = doc["learn_online"]
+    for key in ("learn_online", "explain_process"):
+        if key in doc:
+            if not isinstance(doc[key], bool):
+                raise ValidationError([FieldError(key, "true or false", describe(doc[key]))])
+            out[key] = doc[key]
     if "data_dir" in doc:
         out["data_dir"] = Path(doc["data_dir"])
     if "model_dir" in doc:

@@ -54,14 +54,15 @@ class KeyRule:
     what: str
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    """An early refusal. It closes the connection: the request's body may be unread."""
+async def _answer(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None, close: bool = True
+) -> None:
+    """An early refusal. It closes the connection (the request's body may be unread), unless
+    ``close`` is false (a guard's refusal of a request without a body)."""
     raw = json.dumps(body).encode()
-    head = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(raw)).encode()),
-        (b"connection", b"close"),
-    ]
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    if close:
+        head.append((b"connection", b"close"))
     head += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": raw})
@@ -69,9 +70,17 @@ async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[s
 
 class Admission:
     def __init__(
-        self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics, key_rules: Mapping[str, KeyRule]
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        key_rules: Mapping[str, KeyRule],
+        guards: Mapping[str, Callable[[], Overloaded | None]] | None = None,
     ) -> None:
         self.app = app
+        #: Per route, a check that may refuse at once, from the event loop (the explanations'
+        #: share: a client that keeps asking costs no worker thread and no parsing).
+        self.guards = guards or {}
         self.max_body = settings.max_body_bytes
         self.max_inflight = settings.max_inflight
         self.body_timeout_s = settings.body_timeout_ms / 1000.0
@@ -100,6 +109,12 @@ class Admission:
                 self.metrics.refused.labels("auth").inc()
                 await _answer(send, exc.status, {"error": exc.message})
                 return
+        guard = self.guards.get(scope.get(ROUTE, ""))
+        refused = guard() if guard is not None else None
+        if refused is not None:
+            retry = getattr(refused, "retry_after_s", RETRY_AFTER_S)
+            await _answer(send, refused.status, {"error": refused.message}, {"Retry-After": str(retry)}, close=False)
+            return
         arrived = scope[ARRIVED] = time.perf_counter()
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
@@ -196,20 +211,27 @@ class TimeShare:
             oldest = self._spent[0][1] if self._spent else now - self.window_s
         return max(oldest + self.window_s - now, float(RETRY_AFTER_S))
 
-    @contextmanager
-    def enter(self) -> Iterator[None]:
+    def refusal(self) -> ExplainBusy | None:
+        """Why an explanation asked now would be refused (counted), or ``None``."""
         now = time.monotonic()
         if self.used(now) >= self.budget_s:
             self.metrics.refused.labels("explain_share").inc()
             wait = math.ceil(self._frees_in(now))
-            raise ExplainBusy(
+            return ExplainBusy(
                 f"explain: the explanations' share of the server's time ({self.budget_s:g} s per "
                 f"{self.window_s:g} s) is used up; retry in {wait} s",
                 wait,
             )
-        if not self._running.acquire(blocking=False):
+        if self._running.locked():
             self.metrics.refused.labels("explain_share").inc()
-            raise ExplainBusy("explain: another explanation is running; retry in 1 s", RETRY_AFTER_S)
+            return ExplainBusy("explain: another explanation is running; retry in 1 s", RETRY_AFTER_S)
+        return None
+
+    @contextmanager
+    def enter(self) -> Iterator[None]:
+        refused = self.refusal()
+        if refused is not None or not self._running.acquire(blocking=False):
+            raise refused or ExplainBusy("explain: another explanation is running; retry in 1 s", RETRY_AFTER_S)
         started = time.monotonic()
         try:
             yield

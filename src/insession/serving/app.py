@@ -9,6 +9,7 @@ histogram), ``Admission`` (shedding, API keys, body limits and deadline).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -50,6 +51,7 @@ from insession.serving.admission import (
     TimeShare,
     check_key,
 )
+from insession.serving.explaining import ExplainProcess
 from insession.serving.metrics import ServiceMetrics, engine_metrics
 from insession.serving.schemas import BODY_ERRORS, ERROR_501, EventBatch, RecommendationRequest, document, errors
 
@@ -111,13 +113,17 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
                 return str(getattr(route, "path", UNMATCHED))
         return UNMATCHED
 
-    app.add_middleware(Admission, settings=settings, metrics=metrics, key_rules=key_rules)
-    app.add_middleware(AccessLog, metrics=metrics, route_of=route_of)
-
     gate = Gate(settings.max_concurrent, settings.max_queue_ms, metrics)
     # Explaining refolds the event log up to the request (about a second of CPU on a long log):
     # one at a time, within its share of the server's time, outside the slots lists are served in.
     explaining = TimeShare(settings.explain_share, settings.explain_window_s, metrics)
+    guards = {"/v1/explain/{request_id}": explaining.refusal}
+    app.add_middleware(Admission, settings=settings, metrics=metrics, key_rules=key_rules, guards=guards)
+    app.add_middleware(AccessLog, metrics=metrics, route_of=route_of)
+    # ... and, served from a model directory, in a process of its own (serving/explaining.py).
+    apart = None
+    if settings.explain_process and settings.model_dir is not None and engine.folds_inline and engine.requests:
+        apart = app.state.explainer = ExplainProcess(settings.model_dir, settings)
 
     def admit(
         request: Request, keys: tuple[str, ...], what: str, through: Gate | None = None
@@ -277,13 +283,19 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         response_model=None,
         responses={200: {"model": schemas.Explanation}, **errors(401, 404, 422), 501: ERROR_501},
     )
-    def get_explain(request: Request, request_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
+    async def get_explain(
+        request: Request, request_id: Annotated[str, Path(min_length=1, max_length=128)]
+    ) -> dict[str, Any]:
         """The served list recomputed from its manifest and the event log: per item its sources,
         key features, score and contributions, the rules applied, and whether it is identical.
         Explanations share at most ``explain_share`` of the server's time (503 beyond it)."""
+        # On the event loop up to the share's verdict, so a refusal costs no worker thread; the
+        # explanation itself waits in a thread (for the child process, or computing it here).
         check_key(request.headers, settings.read_keys, "read recommendations and explanations")
         with explaining.enter():
-            return engine.explain(request_id).to_dict()
+            if apart is not None:
+                return await asyncio.to_thread(apart.explain, request_id, engine.model)
+            return (await asyncio.to_thread(engine.explain, request_id)).to_dict()
 
     @app.get("/healthz", response_model=None, responses={200: {"model": schemas.Health}})
     def healthz() -> dict[str, Any]:
