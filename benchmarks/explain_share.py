@@ -12,11 +12,12 @@ at once whatever the answer, as a hostile client would) run for the same time:
 - the baseline, as before: in the server's process (``explain_process = false``), one at a time,
   no share (``explain_share = 1.0``).
 
-Per phase: list p50/p99 as the clients saw it and as the server's ``Server-Timing`` says,
-explanations answered and refused. The goal: with the share, list p99 under spam within 2x of
+Each phase is split into alternating rounds (alone, spam, alone, spam, ...) so a change in the
+shared machine's load falls on both sides; per phase, over its rounds' samples: list p50/p99 as
+the clients saw it and as the server's ``Server-Timing`` says, explanations answered and refused. The goal: with the share, list p99 under spam within 2x of
 list p99 without.
 
-    python benchmarks/explain_share.py [--items 10000] [--seconds 30] [--out benchmarks/results/explain_share.json]
+    python benchmarks/explain_share.py [--items 10000] [--seconds 60] [--out benchmarks/results/explain_share.json]
 
 Traffic goes to 127.0.0.1 only, is bounded by time, and the children are stopped by their PID.
 """
@@ -40,6 +41,7 @@ from insession.engine import Engine
 
 LIST_CLIENTS = 2
 SPAMMERS = 4
+ROUNDS = 3
 
 
 def _lists(port: int, users: list[str], seconds: float, seed: int, queue: Any) -> None:
@@ -129,6 +131,7 @@ def phase(port: int, users: list[str], request_ids: list[str], seconds: float, s
     for p in procs:
         p.join(60)
     return {
+        "samples": {"client_ms": client_ms, "server_ms": server_ms, "explain_ms": explain_ms},
         "lists": len(client_ms),
         "list_statuses": {str(k): v for k, v in sorted(statuses.items())},
         "list_p50_ms": round(_pct(client_ms, 0.5), 2),
@@ -138,6 +141,25 @@ def phase(port: int, users: list[str], request_ids: list[str], seconds: float, s
         "explains_answered": counts.get(200, 0),
         "explains_refused_503": counts.get(503, 0),
         "explain_p50_ms": round(_pct(explain_ms, 0.5), 1) if explain_ms else None,
+    }
+
+
+def pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds' samples together (percentiles of all of them), and their counts summed."""
+    client = [ms for r in rows for ms in r["samples"]["client_ms"]]
+    server = [ms for r in rows for ms in r["samples"]["server_ms"]]
+    explain = [ms for r in rows for ms in r["samples"]["explain_ms"]]
+    for r in rows:
+        del r["samples"]
+    return {
+        "lists": len(client),
+        "list_p50_ms": round(_pct(client, 0.5), 2),
+        "list_p99_ms": round(_pct(client, 0.99), 2),
+        "list_server_p50_ms": round(_pct(server, 0.5), 2),
+        "list_server_p99_ms": round(_pct(server, 0.99), 2),
+        "explains_answered": sum(r["explains_answered"] for r in rows),
+        "explains_refused_503": sum(r["explains_refused_503"] for r in rows),
+        "explain_p50_ms": round(_pct(explain, 0.5), 1) if explain else None,
     }
 
 
@@ -160,6 +182,7 @@ def run(items: int, seconds: float, seed: int) -> dict[str, Any]:
         "items": len(model.catalog),
         "events_in_log": len(shop.events),
         "seconds_per_phase": seconds,
+        "rounds": ROUNDS,
         "list_clients": LIST_CLIENTS,
         "explain_spammers": SPAMMERS,
         "runs": {},
@@ -186,13 +209,19 @@ def run(items: int, seconds: float, seed: int) -> dict[str, Any]:
                 _wait_ready(port, server, log_path)
                 request_ids = _request_ids(port, users, 20)
                 phase(port, users, request_ids, min(seconds, 5.0), spam=False)  # warm-up
-                quiet = phase(port, users, request_ids, seconds, spam=False)
-                print(f"{name:>28} | lists alone      | {json.dumps(quiet)}")
-                spammed = phase(port, users, request_ids, seconds, spam=True)
-                print(f"{name:>28} | lists + explains | {json.dumps(spammed)}")
+                # Alternating rounds, so a change in the shared machine's load falls on both sides.
+                rounds: dict[str, list[dict[str, Any]]] = {"lists_alone": [], "lists_with_explain_spam": []}
+                for _ in range(ROUNDS):
+                    for key, spam in (("lists_alone", False), ("lists_with_explain_spam", True)):
+                        row = phase(port, users, request_ids, seconds / ROUNDS, spam=spam)
+                        shown = {k: v for k, v in row.items() if k != "samples"}
+                        print(f"{name:>44} | {key:>24} | {json.dumps(shown)}")
+                        rounds[key].append(row)
+                run = {key: pooled(rows) for key, rows in rounds.items()}
+                quiet, spammed = run["lists_alone"], run["lists_with_explain_spam"]
                 out["runs"][name] = {
-                    "lists_alone": quiet,
-                    "lists_with_explain_spam": spammed,
+                    **run,
+                    "rounds": rounds,
                     "p99_ratio": round(spammed["list_p99_ms"] / quiet["list_p99_ms"], 2),
                     "server_p99_ratio": round(spammed["list_server_p99_ms"] / quiet["list_server_p99_ms"], 2),
                 }
@@ -204,7 +233,7 @@ def run(items: int, seconds: float, seed: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=60.0, help="per phase, split over the rounds")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/explain_share.json"))
     args = parser.parse_args()

@@ -4,6 +4,7 @@ model version the child rebuilds), and an unknown request is still a 404."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -48,9 +49,18 @@ def test_explanations_in_their_own_process_are_identical_across_catalog_growth(
                 body = explained.json()
                 assert body["identical"] is True and body["served"] == [i["item_id"] for i in served["items"]]
                 assert body["manifest"]["model_version"] == served["model_version"]
+            # They ran in the server's child process (spawned by multiprocessing), not in the server.
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            commands = [Path(f"/proc/{child}/cmdline").read_bytes() for child in children]
+            assert any(b"multiprocessing" in command for command in commands), commands
             missing = c.get("/v1/explain/no-such-request")
             assert missing.status_code == 404 and "request_id" in missing.json()["error"]
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
     assert code == 0
+    # The command configured the access log: one JSON line per request on stderr.
+    output = next(tmp_path.glob("server-*.log")).read_text().splitlines()
+    access = [json.loads(line) for line in output if line.startswith('{"time"')]
+    routes = [(a["route"], a["status"]) for a in access]
+    assert routes.count(("/v1/explain/{request_id}", 200)) == 3 and ("/v1/explain/{request_id}", 404) in routes

@@ -122,7 +122,12 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     app.add_middleware(AccessLog, metrics=metrics, route_of=route_of)
     # ... and, served from a model directory, in a process of its own (serving/explaining.py).
     apart = None
-    if settings.explain_process and settings.model_dir is not None and engine.folds_inline and engine.requests:
+    if (
+        settings.explain_process
+        and settings.model_dir is not None
+        and engine.folds_inline
+        and engine.requests is not None
+    ):
         apart = app.state.explainer = ExplainProcess(settings.model_dir, settings)
 
     def admit(
