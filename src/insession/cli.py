@@ -20,9 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from insession.catalog import Item
 from insession.clock import DAY_MS, SystemClock
 from insession.config import Settings, SurfaceConfig
-from insession.datasets import FORMATS, LoadStats, load_events
+from insession.datasets import FORMATS, DataMapping, LoadStats, load_items, read_events
 from insession.engine import LOG_FILE, SNAPSHOT_FILE, Engine
 from insession.errors import FieldError, InsessionError, ValidationError, describe
 from insession.evaluation import EvalOptions, Split, report, time_split
@@ -165,24 +166,32 @@ def train(
     sequence: Annotated[bool, typer.Option(help=SEQUENCE_HELP)] = False,
     online_factors: Annotated[bool, typer.Option(help=FACTORS_HELP)] = False,
     seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    columns: ColumnsOption = None,
+    event_types: EventTypesOption = None,
+    properties: PropertiesOption = None,
+    max_skipped: MaxSkippedOption = None,
+    items: ItemsOption = None,
 ) -> None:
     """Train a model from an event file and write a versioned model directory."""
     with _errors():
         settings = _settings(config)
+        mapping = _mapping(settings, columns, event_types, properties, max_skipped)
         started = time.perf_counter()
         with _progress() as progress:
-            events, stats = _read(data, format, progress, "")
+            events, stats = _read(data, format, mapping, progress, "")
+            catalog = _read_items(items) if items is not None else []
             stage = progress.add_task("training", total=100)
             model = train_model(
                 events,
                 _train_config(sequence, online_factors, settings.learn_online, seed),
                 session_cfg=settings.session,
+                items=catalog,
                 progress=lambda name, f: progress.update(
                     stage, completed=int(f * 100), description=f"training: {name}"
                 ),
             )
         model.save(out)
-        console.print(f"read {stats.summary()}")
+        console.print(f"read {stats.summary()}" + (f"; {len(catalog)} items from {items.name}" if items else ""))
         console.print(
             f"model {model.version} -> {out}  ({model.stats['items']} items, "
             f"{model.stats['sessions']} sessions, {model.stats['covisit_pairs']} "
@@ -421,16 +430,48 @@ def _share(engine: Engine, model: ModelBundle, user: str, category: str) -> floa
     return (sum(c == category for c in seen) / len(seen)) if len(seen) >= 20 else 0.0
 
 
-def _read(path: Path, format: str, progress: Progress, label: str) -> tuple[list[Event], LoadStats]:
-    stats = LoadStats()
+def _read(
+    path: Path, format: str, mapping: DataMapping, progress: Progress, label: str
+) -> tuple[list[Event], LoadStats]:
+    """Read an event file column by column (a spinner meanwhile); fails, naming the values and the
+    flag that maps them, when more than the mapping's ``max_skipped`` of its rows are unusable."""
     task = progress.add_task(f"reading {label + ' ' if label else ''}{path.name}", total=None)
-    events = []
-    for event in load_events(path, format, stats):
-        events.append(event)
-        if len(events) % 10_000 == 0:
-            progress.update(task, completed=len(events))
+    events, stats = read_events(path, format, mapping)
     progress.update(task, completed=len(events), total=len(events))
     return events, stats
+
+
+def _mapping(
+    settings: Settings, columns: str | None, event_types: str | None, properties: str | None, max_skipped: str | None
+) -> DataMapping:
+    """The configuration's ``[data]`` mapping with the command line's flags on top."""
+    return DataMapping.from_options(columns, event_types, properties, max_skipped, base=settings.data)
+
+
+def _read_items(path: Path) -> list[Item]:
+    items, stats = load_items(path)
+    stats.check(0.0, path.name)  # a catalog row that cannot be read is a mistake to fix, not to skip
+    return items
+
+
+COLUMNS_HELP = (
+    "Map the file's columns to the event fields: FIELD=COLUMN,... with fields user_id, session_id, item_id, "
+    "timestamp, event_type, category, brand, price, event_id (COLUMN may be A|B: the first non-empty). "
+    "Needed: item_id, timestamp and user_id or session_id. Implies --format generic."
+)
+EVENT_TYPES_HELP = (
+    "What the file's event names mean: VALUE=TYPE,... with types view, click, add_to_cart, purchase, search, "
+    "dismiss (view/pv/click/cart/buy/order/... are known already)."
+)
+PROPERTIES_HELP = "Other columns to keep as event properties: COL,COL,... or 'all'."
+MAX_SKIPPED_HELP = "Fail when more than this share of the rows cannot be used (default 1%): 0.05 or 5%."
+ColumnsOption = Annotated[str | None, typer.Option(help=COLUMNS_HELP)]
+EventTypesOption = Annotated[str | None, typer.Option(help=EVENT_TYPES_HELP)]
+PropertiesOption = Annotated[str | None, typer.Option(help=PROPERTIES_HELP)]
+MaxSkippedOption = Annotated[str | None, typer.Option(help=MAX_SKIPPED_HELP)]
+ItemsOption = Annotated[
+    Path | None, typer.Option(help="Items file (CSV/TSV/Parquet: item_id, name, category, brand, price, available).")
+]
 
 
 @app.command()
@@ -479,6 +520,10 @@ def evaluate(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    columns: ColumnsOption = None,
+    event_types: EventTypesOption = None,
+    properties: PropertiesOption = None,
+    max_skipped: MaxSkippedOption = None,
 ) -> None:
     """Score the engine, its ablations and the baselines on the next-item protocol; write a report."""
     with _errors():
@@ -487,6 +532,7 @@ def evaluate(
                 [FieldError("train/test/data", "either --train and --test, or --data (with --test-days)", "neither")]
             )
         settings = _settings(config)
+        mapping = _mapping(settings, columns, event_types, properties, max_skipped)
 
         def names(text: str, field_name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
             if text.strip().lower() == "none":
@@ -512,13 +558,13 @@ def evaluate(
         started = time.perf_counter()
         with _progress() as progress:
             if data is not None:
-                events, stats = _read(data, format, progress, "")
+                events, stats = _read(data, format, mapping, progress, "")
                 split = time_split(events, test_days, settings.session)
                 console.print(f"read {stats.summary()}")
             else:
                 assert train is not None and test is not None
-                train_events, train_stats = _read(train, format, progress, "train")
-                test_events, test_stats = _read(test, format, progress, "test")
+                train_events, train_stats = _read(train, format, mapping, progress, "train")
+                test_events, test_stats = _read(test, format, mapping, progress, "test")
                 split = Split(
                     time_ordered(train_events), time_ordered(test_events), f"files: {train.name} / {test.name}"
                 )
@@ -546,6 +592,114 @@ def evaluate(
         console.print(
             f"written to {out}/ ({', '.join(p.name for p in written.values())}) in {time.perf_counter() - started:.1f}s"
         )
+
+
+@app.command("import")
+def import_history(
+    data: Annotated[Path, typer.Option(help="Event file (or a directory holding one): the history to load.")],
+    model: Annotated[Path, typer.Option(help="The model directory `serve` will use (its catalog).")],
+    format: Annotated[str, typer.Option(help=f"One of {', '.join(FORMATS)}.")] = "auto",
+    columns: ColumnsOption = None,
+    event_types: EventTypesOption = None,
+    properties: PropertiesOption = None,
+    max_skipped: MaxSkippedOption = None,
+    items: ItemsOption = None,
+    data_dir: Annotated[Path | None, typer.Option(help="The embedded server's data directory.")] = None,
+    store: Annotated[
+        str, typer.Option(help="memory (the embedded log and state in --data-dir) or redis://HOST:PORT.")
+    ] = "memory",
+    workers: Annotated[
+        int,
+        typer.Option(help="With redis://: stream workers this command runs to fold what it appended (0: yours do)."),
+    ] = 1,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file ([data] mapping, session).")] = None,
+) -> None:
+    """Load a shop's history into the serving state, so users get their long-term personalisation on
+    their first request: every event through the same validation, log and fold as live events, in
+    time order. Idempotent: importing the same file again adds nothing (event ids come from the
+    file, or from each row's content). Stop the embedded server first (it holds the data directory)."""
+    with _errors():
+        settings = _settings(config, model_dir=model, store=store, data_dir=data_dir)
+        if settings.store != "memory":  # a re-import must still find what the first one appended
+            settings = settings.with_(dedup_window_s=max(settings.dedup_window_s, settings.state_ttl_s))
+        mapping = _mapping(settings, columns, event_types, properties, max_skipped)
+        started = time.perf_counter()
+        with _progress() as progress:
+            events, stats = _read(data, format, mapping, progress, "")
+            catalog = _read_items(items) if items is not None else []
+            events.sort(key=lambda e: e.ts)  # stable: file order breaks ties
+            task = progress.add_task("opening the state", total=None)
+            engine = Engine.open(
+                settings, progress=lambda done, total: progress.update(task, completed=done, total=total)
+            )
+            progress.update(task, completed=1, total=1)
+        try:
+            changed = engine.update_items(catalog) if catalog else None
+            with _progress() as progress:
+                task = progress.add_task("importing events", total=len(events))
+                result = engine.ingest_all(events, batch=5000, progress=lambda n: progress.advance(task, n))
+                if not engine.folds_inline:
+                    _fold_on_redis(engine, workers, progress)
+            took = time.perf_counter() - started
+        finally:
+            engine.close()
+        console.print(f"read {stats.summary()}")
+        if changed is not None:
+            console.print(f"items: {changed.changed} added or changed, {changed.unchanged} as they were")
+        console.print(f"{result.summary()} in {took:.1f}s ({len(events) / max(took, 1e-9):,.0f} events/s)")
+        refused = sum(result.refused.values())
+        if events and refused / len(events) > mapping.max_skipped:
+            why, count = result.refused.most_common(1)[0]
+            raise ValidationError(
+                [
+                    FieldError(
+                        why.split(":")[0],
+                        f"at most max_skipped = {mapping.max_skipped:.2%} of the events refused "
+                        "(import into an empty data directory, or one whose users have no newer events)",
+                        f"{refused} refused, {count} of them {why} (e.g. {result.examples[why]})",
+                    )
+                ]
+            )
+
+
+def _fold_on_redis(engine: Engine, workers: int, progress: Progress) -> None:
+    """Run stream workers here until everything appended is folded (a bar over the backlog)."""
+    for _ in range(max(workers, 0)):
+        engine.start_worker()
+    if workers <= 0:
+        return
+    task = progress.add_task("folding on Redis", total=None)
+    first: int | None = None
+    while True:
+        backlog = int(engine.store_health().get("fold_backlog", 0))
+        first = backlog if first is None else first
+        progress.update(task, completed=first - backlog, total=first)
+        if backlog == 0:
+            return
+        time.sleep(0.2)
+
+
+@app.command("sample-data")
+def sample_data(
+    out: Annotated[Path, typer.Option(help="Directory for events.csv, items.csv and shop.toml.")] = Path("shop"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic shop.")] = 7,
+    users: Annotated[int, typer.Option(help="Shoppers in the export.")] = 300,
+) -> None:
+    """Write a small shop export to try your own-data path on: events.csv with a shop's own column
+    and event names (customer, sku, cat, action, when; page_view, wishlist, basket, order), no
+    session column; items.csv; and shop.toml, the \\[data] mapping that reads them."""
+    from insession.clock import DAY_MS as DAY
+    from insession.datasets.synthetic import ShopConfig, generate, write_export
+
+    with _errors():
+        if users < 1:
+            raise ValidationError([FieldError("users", "an integer >= 1", describe(users))])
+        today = SystemClock().now_ms() // DAY * DAY
+        shop = generate(ShopConfig(seed=seed, n_users=users, end_ms=today))
+        written = write_export(shop, out)
+        console.print(f"{len(shop.events)} events of {users} shoppers, {len(shop.items)} items:")
+        for path in written.values():
+            console.print(f"  {path}")
 
 
 @app.command()
@@ -715,9 +869,20 @@ def diff(
 def replay(
     data_dir: Annotated[Path | None, typer.Option(help="Where the event log and the state snapshot live.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file (the session timeout).")] = None,
+    quarantine: Annotated[
+        bool,
+        typer.Option(
+            help="First move every log record that is not a valid event (an older version's, or edited by hand) "
+            f"to {QUARANTINE_FILE} in the data directory (kept, never deleted), so the directory opens again."
+        ),
+    ] = False,
 ) -> None:
     """Rebuild every session state and item activity from the event log and compare them, byte for
     byte, with the live state's snapshot at the same log position. Exits 1 on any difference."""
+    if quarantine:
+        with _errors():
+            if not _quarantine(_settings(config, data_dir=data_dir).data_dir):
+                return
     from insession.clock import ManualClock
     from insession.features.activity import NAMESPACE
     from insession.log.sqlite import SqliteEventLog
@@ -764,6 +929,47 @@ def replay(
             console.print(f"differing co-visitation lists: {', '.join(result.differing_followers[:10])}")
             raise typer.Exit(1)
         console.print("identical: the log rebuilds the live state byte for byte")
+
+
+QUARANTINE_FILE = "quarantine.jsonl"
+
+
+def _quarantine(data_dir: Path) -> bool:
+    """Move the log's invalid records aside; returns whether a snapshot is left to check against."""
+    from insession.log.sqlite import SqliteEventLog
+
+    path = data_dir / LOG_FILE
+    if not path.is_file():
+        raise ValidationError([FieldError("data_dir", f"a directory holding {LOG_FILE}", str(data_dir))])
+    log = SqliteEventLog(path, exclusive=True)
+    try:
+        with console.status("checking every record of the event log"):
+            moved = log.quarantine(data_dir / QUARANTINE_FILE)
+    finally:
+        log.close()
+    if not moved:
+        console.print("quarantine: every record of the event log is a valid event")
+        return True
+    console.print(
+        f"quarantine: moved {len(moved)} invalid records (positions {', '.join(map(str, moved[:10]))}"
+        f"{', ...' if len(moved) > 10 else ''}) to {data_dir / QUARANTINE_FILE}"
+    )
+    snapshot = data_dir / SNAPSHOT_FILE
+    if snapshot.is_file():
+        from insession.store.memory import MemoryFeatureStore
+
+        store = MemoryFeatureStore()
+        try:
+            store.load(snapshot)
+            stale = store.applied_position() >= min(moved)
+        except InsessionError:
+            stale = True
+        if stale:  # it folded a record that is gone: the state is rebuilt from the log on the next start
+            aside = snapshot.with_name(SNAPSHOT_FILE + ".before-quarantine")
+            snapshot.replace(aside)
+            console.print(f"the state snapshot covered them: moved to {aside.name}; the next start rebuilds state")
+            return False
+    return snapshot.is_file()
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from insession.clock import MINUTE_MS
+from insession.datasets.mapping import DataMapping
 from insession.errors import FieldError, ValidationError, describe
 
 Freshness = Literal["realtime", "session", "batch"]
@@ -202,6 +203,9 @@ class Settings:
     #: ``write_keys`` and reading lists or explanations one of ``read_keys``. Never logged.
     read_keys: tuple[str, ...] = field(default=(), repr=False)
     write_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: How a shop's own tables map onto events (``[data]``: columns, event names, extra
+    #: properties, the share of rows a load may skip); ``train``, ``evaluate`` and ``import`` read it.
+    data: DataMapping = field(default_factory=DataMapping)
 
     def __post_init__(self) -> None:
         _require(self.state_ttl_s > 0, "state_ttl_s", "a positive integer", self.state_ttl_s)
@@ -279,78 +283,168 @@ class Settings:
         return Settings(**values)
 
 
+_INT_KEYS = (
+    "port",
+    "state_ttl_s",
+    "snapshot_every_events",
+    "max_batch_events",
+    "request_log_retention",
+    "stream_partitions",
+    "dedup_window_s",
+    "max_body_bytes",
+    "max_inflight",
+    "max_concurrent",
+)
+_FLOAT_KEYS = (
+    "store_timeout_ms",
+    "l1_max_age_ms",
+    "max_queue_ms",
+    "body_timeout_ms",
+    "explain_share",
+    "explain_window_s",
+)
+_TOP_KEYS = (
+    "data_dir",
+    "model_dir",
+    "store",
+    "host",
+    *_INT_KEYS,
+    *_FLOAT_KEYS,
+    "learn_online",
+    "explain_process",
+    "read_keys",
+    "write_keys",
+    "session",
+    "surfaces",
+    "data",
+)
+_SESSION_KEYS = (
+    "timeout_minutes",
+    "allowed_lateness_minutes",
+    "max_session_events",
+    "max_history_events",
+    "max_user_items",
+)
+_DATA_KEYS = ("columns", "event_types", "properties", "default_event_type", "max_skipped")
+
+
+def _refuse_unknown(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse keys a table does not have, naming each and the nearest known one (a typo like
+    ``max_inflght`` must not be ignored silently)."""
+    import difflib
+
+    errors = []
+    for key in table:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f" (did you mean '{where}{near[0]}'?)" if near else ""
+            errors.append(
+                FieldError(f"{where}{key}", f"a known key{hint}; see docs/configuration.md", "an unknown key")
+            )
+    if errors:
+        raise ValidationError(errors)
+
+
+def _number(doc: Mapping[str, Any], key: str, kind: type, where: str = "") -> Any:
+    value = doc[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise ValidationError(
+            [FieldError(f"{where}{key}", "an integer" if kind is int else "a number", describe(value))]
+        )
+    return kind(value)
+
+
+def _table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ValidationError([FieldError(key, f"a [{key}] table", describe(value))])
+    return value
+
+
 def _from_toml(path: Path) -> dict[str, Any]:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValidationError([FieldError("config", f"a readable TOML file at {path}", type(exc).__name__)]) from None
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        raise ValidationError([FieldError("config", f"a readable TOML file at {path}", detail)]) from None
+    _refuse_unknown(doc, _TOP_KEYS, "")
     out: dict[str, Any] = {}
     for key in ("store", "host"):
         if key in doc:
-            out[key] = str(doc[key])
-    for key in (
-        "port",
-        "state_ttl_s",
-        "snapshot_every_events",
-        "max_batch_events",
-        "request_log_retention",
-        "stream_partitions",
-        "dedup_window_s",
-        "max_body_bytes",
-        "max_inflight",
-        "max_concurrent",
-    ):
+            if not isinstance(doc[key], str):
+                raise ValidationError([FieldError(key, "a string", describe(doc[key]))])
+            out[key] = doc[key]
+    for key in _INT_KEYS:
         if key in doc:
-            out[key] = int(doc[key])
+            out[key] = _number(doc, key, int)
     for key in ("read_keys", "write_keys"):
         if key in doc:
             if not isinstance(doc[key], list) or not all(isinstance(k, str) for k in doc[key]):
                 raise ValidationError([FieldError(key, "a list of strings", describe(doc[key]))])
             out[key] = tuple(doc[key])
-    for key in (
-        "store_timeout_ms",
-        "l1_max_age_ms",
-        "max_queue_ms",
-        "body_timeout_ms",
-        "explain_share",
-        "explain_window_s",
-    ):
+    for key in _FLOAT_KEYS:
         if key in doc:
-            out[key] = float(doc[key])
+            out[key] = _number(doc, key, float)
     for key in ("learn_online", "explain_process"):
         if key in doc:
             if not isinstance(doc[key], bool):
                 raise ValidationError([FieldError(key, "true or false", describe(doc[key]))])
             out[key] = doc[key]
-    if "data_dir" in doc:
-        out["data_dir"] = Path(doc["data_dir"])
-    if "model_dir" in doc:
-        out["model_dir"] = Path(doc["model_dir"])
-    session = doc.get("session", {})
+    for key in ("data_dir", "model_dir"):
+        if key in doc:
+            if not isinstance(doc[key], str):
+                raise ValidationError([FieldError(key, "a path (a string)", describe(doc[key]))])
+            out[key] = Path(doc[key])
+    session = _table(doc, "session")
+    _refuse_unknown(session, _SESSION_KEYS, "session.")
     if session:
         kwargs: dict[str, Any] = {}
         if "timeout_minutes" in session:
-            kwargs["timeout_ms"] = int(float(session["timeout_minutes"]) * MINUTE_MS)
+            kwargs["timeout_ms"] = int(_number(session, "timeout_minutes", float, "session.") * MINUTE_MS)
         if "allowed_lateness_minutes" in session:
-            kwargs["allowed_lateness_ms"] = int(float(session["allowed_lateness_minutes"]) * MINUTE_MS)
+            minutes = _number(session, "allowed_lateness_minutes", float, "session.")
+            kwargs["allowed_lateness_ms"] = int(minutes * MINUTE_MS)
         for key in ("max_session_events", "max_history_events", "max_user_items"):
             if key in session:
-                kwargs[key] = int(session[key])
+                kwargs[key] = _number(session, key, int, "session.")
         out["session"] = SessionConfig(**kwargs)
     surfaces = dict(default_surfaces())
-    for name, table in doc.get("surfaces", {}).items():
-        allowed = set(SurfaceConfig.__dataclass_fields__) - {"name"}
-        unknown = set(table) - allowed
-        if unknown:
-            raise ValidationError(
-                [
-                    FieldError(
-                        f"surfaces.{name}.{sorted(unknown)[0]}",
-                        f"one of {', '.join(sorted(allowed))}",
-                        "an unknown key",
-                    )
-                ]
-            )
-        surfaces[name] = SurfaceConfig(name=name, **table)
+    allowed = tuple(sorted(set(SurfaceConfig.__dataclass_fields__) - {"name"}))
+    for name, table in _table(doc, "surfaces").items():
+        if not isinstance(table, Mapping):
+            raise ValidationError([FieldError(f"surfaces.{name}", f"a [surfaces.{name}] table", describe(table))])
+        _refuse_unknown(table, allowed, f"surfaces.{name}.")
+        try:
+            surfaces[name] = SurfaceConfig(name=name, **table)
+        except TypeError as exc:
+            raise ValidationError([FieldError(f"surfaces.{name}", "valid settings", str(exc))]) from None
     out["surfaces"] = surfaces
+    data = _table(doc, "data")
+    _refuse_unknown(data, _DATA_KEYS, "data.")
+    if data:
+        out["data"] = _data_mapping(data)
     return out
+
+
+def _data_mapping(data: Mapping[str, Any]) -> DataMapping:
+    from insession.datasets.mapping import parse_fraction
+
+    for key in ("columns", "event_types"):
+        value = data.get(key, {})
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise ValidationError([FieldError(f"data.{key}", "a table of names to strings", describe(value))])
+    properties = data.get("properties", [])
+    if isinstance(properties, str):
+        properties = [properties]
+    if not isinstance(properties, list) or not all(isinstance(p, str) for p in properties):
+        raise ValidationError([FieldError("data.properties", 'a list of column names (or "*")', describe(properties))])
+    kwargs: dict[str, Any] = {
+        "columns": dict(data.get("columns", {})),
+        "event_types": dict(data.get("event_types", {})),
+        "properties": tuple(properties),
+    }
+    if "default_event_type" in data:
+        kwargs["default_event_type"] = data["default_event_type"]
+    if "max_skipped" in data:
+        kwargs["max_skipped"] = parse_fraction(data["max_skipped"], "data.max_skipped")
+    return DataMapping(**kwargs)

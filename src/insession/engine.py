@@ -9,12 +9,12 @@ append and fold loses nothing: the log is the source of truth.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from insession.catalog import Item, item_of
+from insession.catalog import Item, item_of, parse_item
 from insession.clock import Clock, SystemClock
 from insession.config import Settings, SurfaceConfig
 from insession.errors import (
@@ -35,7 +35,7 @@ from insession.errors import (
     StoreUnavailable,
     Unsupported,
 )
-from insession.events import Event, validate_event
+from insession.events import Event, check_event, normalise, validate_event
 from insession.explain import Explainer, Explanation
 from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemActivity
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
@@ -43,6 +43,7 @@ from insession.features.profile import build_profile
 from insession.fold import FoldStats, fold_event
 from insession.freshness import ListCache, ShownLists
 from insession.log import AppendResult, EventLog
+from insession.log.items import ITEMS_FILE, FileItemLog, ItemLog, StoreItemLog
 from insession.log.redis_stream import RedisStreamEventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.manifest import REQUEST_LOG_FILE, Manifest, RequestLog, config_hash, seed_of
@@ -61,10 +62,9 @@ from insession.tiers import TierMonitor
 from insession.worker import GROUP, StreamWorker
 
 logger = logging.getLogger(__name__)
-#: Where the items that joined the catalog online are kept (one value: their list, in order).
+#: Where the online factor model's state is kept (written with each snapshot).
 CATALOG_NAMESPACE = "catalog"
-ADDED_KEY = "added"
-FACTORS_KEY = "online_factors"  # the online factor model's state, written with each snapshot
+FACTORS_KEY = "online_factors"
 CATALOG_TTL_S = 10 * 365 * 24 * 3600
 
 LOG_FILE = "events.sqlite"
@@ -141,6 +141,42 @@ class Rejected:
         }
 
 
+@dataclass(slots=True)
+class BulkResult:
+    """What a bulk load did: events accepted, duplicates (already in the log), and the events
+    refused, counted by reason (``field: expected``) with the first event id of each."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        text = f"{self.accepted} events accepted, {self.duplicates} already in the log"
+        if self.refused:
+            reasons = "; ".join(f"{n} {why} (e.g. {self.examples[why]})" for why, n in self.refused.most_common(5))
+            text += f", {sum(self.refused.values())} refused: {reasons}"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsResult:
+    """What a catalog update did: items added or changed, items sent unchanged, items refused."""
+
+    changed: int
+    unchanged: int
+    rejected: list[Rejected] = field(default_factory=list)
+    model_version: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "rejected": [r.to_dict() for r in self.rejected],
+            "model_version": self.model_version,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     accepted: int
@@ -166,8 +202,11 @@ class Engine:
         clock: Clock | None = None,
         snapshot_path: Path | None = None,
         requests: RequestLog | None = None,
+        items: ItemLog | None = None,
     ) -> None:
         self.settings = settings
+        #: The catalog's changes since training (items joined or changed while serving), durable.
+        self.items = items or StoreItemLog(store)
         #: Where every served request's manifest goes (``None``: not recorded).
         self.requests = requests
         #: A content hash of what, besides the model, decides a list: surfaces and pipeline settings.
@@ -207,11 +246,15 @@ class Engine:
         self._restore_items()
 
     def _restore_items(self) -> None:
-        """Items that joined the catalog online before a restart join again, in the same order;
-        the online factor model continues from the snapshot's state."""
-        raw, factors = self.store.get_many(CATALOG_NAMESPACE, [ADDED_KEY, FACTORS_KEY])
-        if raw is not None:
-            self._adopt(self.model.with_items([Item.from_dict(d) for d in json.loads(raw)]))
+        """The catalog changes made before a restart apply again, in the same order (so the model
+        version is the same); the online factor model continues from the snapshot's state."""
+        changes = self.items.read()
+        if not changes and not isinstance(self.items, StoreItemLog):
+            changes = StoreItemLog(self.store).read()  # a data directory from before items.jsonl
+            self.items.append(changes)
+        if changes:
+            self._adopt(self.model.with_items(changes))
+        factors = self.store.get_many(CATALOG_NAMESPACE, [FACTORS_KEY])[0]
         if factors is not None and self.factors is not None:
             self.factors.load(factors)
 
@@ -234,11 +277,36 @@ class Engine:
         first: dict[str, Event] = {}
         for e in fresh:
             first.setdefault(e.item_id, e)  # type: ignore[arg-type]
-        model = self.model.with_items([item_of(e) for e in first.values()])
-        raw = json.dumps([i.to_dict() for i in model.added], sort_keys=True).encode()
-        self.store.put_many(CATALOG_NAMESPACE, {ADDED_KEY: raw}, CATALOG_TTL_S)
-        self._adopt(model)
-        logger.info("%d new items joined the catalog (model %s)", len(model.catalog) - len(known), model.version)
+        self._change_items([item_of(e) for e in first.values()])
+
+    def _change_items(self, items: Sequence[Item]) -> ModelBundle:
+        """Apply catalog changes (under the lock): recorded durably first, then served."""
+        model = self.model.with_items(items)
+        if model is not self.model:
+            self.items.append(model.added[len(self.model.added) :])
+            joined = len(model.catalog) - len(self.model.catalog)
+            self._adopt(model)
+            logger.info("catalog: %d items joined, model %s", joined, model.version)
+        return model
+
+    def update_items(self, raw_items: Sequence[object]) -> ItemsResult:
+        """Add or change catalog items while serving (``POST /v1/items``): each is validated on its
+        own (``catalog.parse_item``); a new item is recommendable at once, an unavailable one is
+        never served. Returns how many changed, how many were sent as they already are, and the
+        refused ones with every field at fault."""
+        valid: list[Item] = []
+        rejected: list[Rejected] = []
+        for index, raw in enumerate(raw_items):
+            item, errors = parse_item(raw.to_dict() if isinstance(raw, Item) else raw)
+            if item is None:
+                rejected.append(Rejected(index, errors))
+            else:
+                valid.append(item)
+        with self._lock:
+            before = len(self.model.added)
+            model = self._change_items(valid)
+            changed = len(model.added) - before
+        return ItemsResult(changed, len(valid) - changed, rejected, model.version)
 
     @property
     def folds_inline(self) -> bool:
@@ -271,7 +339,7 @@ class Engine:
         requests = RequestLog(data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
         if settings.store.startswith("redis://"):
             return cls.on_redis(settings, model, clock, requests)
-        log = SqliteEventLog(data_dir / LOG_FILE)
+        log = SqliteEventLog(data_dir / LOG_FILE, exclusive=True)
         store = MemoryFeatureStore(clock)
         snapshot = data_dir / SNAPSHOT_FILE
         if snapshot.exists():
@@ -280,8 +348,13 @@ class Engine:
             except SnapshotCorrupt as exc:
                 logger.warning("%s; rebuilding state from the event log", exc)
                 store = MemoryFeatureStore(clock)
-        engine = cls(settings, model, log, store, clock, snapshot, requests)
-        engine.catch_up(progress)
+        try:
+            engine = cls(settings, model, log, store, clock, snapshot, requests, FileItemLog(data_dir / ITEMS_FILE))
+            engine.catch_up(progress)
+        except BaseException:
+            log.close()  # releases the data directory for whatever is run to mend it
+            requests.close()
+            raise
         return engine
 
     @classmethod
@@ -364,8 +437,21 @@ class Engine:
         return [None if raw is None else covisit.Neighbours.from_bytes(raw) for raw in raws]
 
     def ingest(self, events: Sequence[Event]) -> AppendResult:
-        """Append validated events to the log, then fold the newly accepted ones into state (on
-        Redis, append to the streams; a worker folds them)."""
+        """Validate ``events`` (the rules ``POST /v1/events`` applies, with the same reasons: an
+        event that fails never reaches the log), append the valid ones to the log, then fold the
+        newly accepted ones into state (on Redis, append to the streams; a worker folds them).
+        ``refused`` lists each event not taken (its index in ``events``) with every reason."""
+        events = [normalise(e) for e in events]
+        problems = [(n, errors) for n, e in enumerate(events) if (errors := check_event(e))]
+        if not problems:
+            return self._ingest_valid(events)
+        bad = {n for n, _ in problems}
+        where = [n for n in range(len(events)) if n not in bad]
+        result = self._ingest_valid([events[n] for n in where])
+        refused = sorted([*problems, *((where[n], reasons) for n, reasons in result.refused)], key=lambda r: r[0])
+        return replace(result, refused=refused)
+
+    def _ingest_valid(self, events: Sequence[Event]) -> AppendResult:
         if not self.folds_inline:
             return self.log.append(events)
         with self._lock:
@@ -389,7 +475,7 @@ class Engine:
                 self._snapshot_locked()  # a failure is logged and counted: the events are stored
         return result
 
-    def _admit(self, events: Sequence[Event]) -> tuple[list[Event], list[tuple[int, FieldError]]]:
+    def _admit(self, events: Sequence[Event]) -> tuple[list[Event], list[tuple[int, list[FieldError]]]]:
         """The events that can be folded in event-time order, and the others with the reason
         (``sessions.lateness``); a refused event the log already holds is let through, so the log
         reports it as the duplicate it is."""
@@ -411,7 +497,7 @@ class Engine:
             return kept, []
         logged = self.log.known([e for _, e, _ in late])
         kept.extend(e for _, e, _ in late if e.event_id in logged)
-        return kept, [(n, reason) for n, e, reason in late if e.event_id not in logged]
+        return kept, [(n, [reason]) for n, e, reason in late if e.event_id not in logged]
 
     def ingest_raw(self, raw_events: Sequence[object]) -> IngestResult:
         """Validate untrusted events one by one; accept the valid ones, list the rest."""
@@ -425,32 +511,31 @@ class Engine:
             else:
                 valid.append(event)
                 where.append(index)
-        result = self.ingest(valid)
+        result = self._ingest_valid(valid)
         if result.refused:
-            rejected.extend(Rejected(where[n], [reason]) for n, reason in result.refused)
+            rejected.extend(Rejected(where[n], reasons) for n, reasons in result.refused)
             rejected.sort(key=lambda r: r.index)
         last = result.accepted[-1][0] if result.accepted else 0
         return IngestResult(len(result.accepted), result.duplicates, rejected, last)
 
     def ingest_all(
         self, events: Iterable[Event], batch: int = 2000, progress: Callable[[int], None] | None = None
-    ) -> tuple[int, int]:
-        """Bulk-load events in batches; returns (accepted, duplicates). Events refused as too late
-        (``sessions.lateness``) are counted in a warning with the first reason."""
-        accepted = duplicates = refused = 0
-        first: str | None = None
+    ) -> BulkResult:
+        """Bulk-load events in batches through :meth:`ingest` (validated, idempotent by
+        ``event_id``); returns what was accepted, what was already in the log and what was refused,
+        by reason. Give a user's events in time order: one more than ``allowed_lateness_ms`` older
+        than the user's newest is refused (``sessions.lateness``)."""
+        out = BulkResult()
         chunk: list[Event] = []
 
         def flush() -> None:
-            nonlocal accepted, duplicates, refused, first
             r = self.ingest(chunk)
-            accepted, duplicates, refused = (
-                accepted + len(r.accepted),
-                duplicates + r.duplicates,
-                refused + len(r.refused),
-            )
-            if r.refused and first is None:
-                first = f"{chunk[r.refused[0][0]].event_id}: {r.refused[0][1]}"
+            out.accepted += len(r.accepted)
+            out.duplicates += r.duplicates
+            for n, reasons in r.refused:
+                why = f"{reasons[0].field}: expected {reasons[0].expected}"
+                out.refused[why] += 1
+                out.examples.setdefault(why, chunk[n].event_id)
             if progress is not None:
                 progress(len(chunk))
             chunk.clear()
@@ -461,9 +546,9 @@ class Engine:
                 flush()
         if chunk:
             flush()
-        if refused:
-            logger.warning("%d events refused as too late to fold in event-time order (first: %s)", refused, first)
-        return accepted, duplicates
+        if out.refused:
+            logger.warning("bulk load: %s", out.summary())
+        return out
 
     # -- reads ----------------------------------------------------------------------------------
     def state(self, user_id: str) -> SessionState | None:
@@ -561,6 +646,7 @@ class Engine:
             cached_from=origin,
             explored=list(response.explored),
             factors_version=response.factors_version,
+            filters=req.filters.to_dict() or None,
         )
 
     def explain(self, request_id: str) -> Explanation:

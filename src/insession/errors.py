@@ -77,6 +77,30 @@ class SnapshotCorrupt(InsessionError):
     status = 500
 
 
+class CorruptRecord(InsessionError):
+    """The event log holds a record that is not a valid event (an older version wrote it, or it was
+    edited by hand): the message names its position, every field at fault and the record itself,
+    and how to move it aside (``insession replay --quarantine``)."""
+
+    status = 500
+
+    def __init__(self, path: object, position: int, reasons: list[str], record: str) -> None:
+        shown = record if len(record) <= 300 else record[:297] + "..."
+        super().__init__(
+            f"event log {path}: the record at position {position} is not a valid event: {'; '.join(reasons)}; "
+            f"record: {shown!r}. Run `insession replay --quarantine` to move it to a side file."
+        )
+        self.position = position
+        self.reasons = reasons
+        self.record = record
+
+
+class DataDirInUse(InsessionError):
+    """Another process has the embedded event log open for writing."""
+
+    status = 503
+
+
 class Unsupported(InsessionError):
     """The operation exists but not with this configuration; the message says which."""
 

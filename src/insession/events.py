@@ -8,8 +8,10 @@ what was expected and what arrived.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -81,8 +83,9 @@ class Event:
         return out
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace; equal events give equal strings."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Canonical, standard JSON: sorted keys, no whitespace, no NaN or infinity (refused by
+        validation; an event built around it fails here rather than write a non-standard record)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @staticmethod
     def from_json(text: str) -> Event:
@@ -135,18 +138,83 @@ def parse_ts(value: object, field_name: str = "ts") -> tuple[int | None, FieldEr
     return None, FieldError(field_name, expected, describe(value))
 
 
+#: Characters no text field may hold: C0/C1 controls and lone UTF-16 surrogates (a JSON
+#: ``"\\ud800"`` decodes to one; it cannot be encoded as UTF-8, so it could be neither stored nor sent).
+_BAD_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Property strings may also hold tabs and line breaks (a search query, a product name).
+_BAD_PROPERTY_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Integers in properties: what a signed 64-bit column and every JSON reader hold exactly enough.
+MAX_PROPERTY_INT = 2**63 - 1
+
+
+def text_problem(value: str, pattern: re.Pattern[str] = _BAD_TEXT) -> str | None:
+    """Why ``value`` is not valid text for a field (a control character or a lone surrogate, with
+    its position), or ``None``. Every string that can reach the log or a response passes this."""
+    if value.isascii() and value.isprintable():
+        return None  # the common case: printable ASCII
+    found = pattern.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "a lone UTF-16 surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+    return f"{kind} U+{ord(char):04X} at character {found.start()}"
+
+
+def _id_error(name: str, value: object) -> FieldError | None:
+    expected = f"a non-empty string of at most {MAX_ID_CHARS} characters, without control characters"
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        return FieldError(name, expected, describe(value))
+    problem = text_problem(value)
+    return None if problem is None else FieldError(name, expected, problem)
+
+
 def _check_id(raw: Mapping[str, Any], name: str, required: bool, errors: list[FieldError]) -> str | None:
-    if name not in raw or raw[name] is None:
+    if name not in raw or raw[name] is None or (name == "session_id" and raw[name] == ""):
         if required:
             errors.append(
                 FieldError(name, f"a non-empty string of at most {MAX_ID_CHARS} characters", "nothing (field missing)")
             )
+        return None  # an empty session_id means none: sessions are then cut by inactivity
+    error = _id_error(name, raw[name])
+    if error is not None:
+        errors.append(error)
         return None
-    value = raw[name]
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
-        errors.append(FieldError(name, f"a non-empty string of at most {MAX_ID_CHARS} characters", describe(value)))
-        return None
-    return value
+    return str(raw[name])
+
+
+def _property_error(key: str, item: object) -> FieldError | None:
+    """What is wrong with one property value, or ``None``."""
+    where = f"properties.{key}"
+    typed = _TYPED_PROPERTIES.get(key)
+    if typed is not None and item is not None:
+        kinds, text = typed
+        bad_kind = isinstance(item, bool) or not isinstance(item, kinds)
+        bad_price = key == "price" and not bad_kind and not _finite_non_negative(item)  # type: ignore[arg-type]
+        if bad_kind or bad_price:  # NaN, infinities and numbers beyond a float are never a price
+            return FieldError(where, text, describe(item))
+    if item is not None and not isinstance(item, str | int | float):  # bool is an int
+        return FieldError(where, "a string, number, boolean or null", describe(item))
+    if isinstance(item, str):
+        if len(item) > MAX_PROPERTY_STRING_CHARS:
+            return FieldError(
+                where, f"a string of at most {MAX_PROPERTY_STRING_CHARS} characters", f"{len(item)} characters"
+            )
+        problem = text_problem(item, _BAD_PROPERTY_TEXT)
+        if problem is not None:
+            return FieldError(where, "text without control characters", problem)
+    if isinstance(item, float) and not math.isfinite(item):
+        return FieldError(where, "a finite number", describe(item))
+    if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_PROPERTY_INT:
+        return FieldError(where, f"an integer within +-{MAX_PROPERTY_INT}", f"an integer of {len(str(item))} digits")
+    return None
+
+
+def _finite_non_negative(value: int | float) -> bool:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+    return 0 <= number < math.inf  # NaN fails 0 <= x
 
 
 def _check_properties(value: object, errors: list[FieldError]) -> dict[str, PropertyValue]:
@@ -161,43 +229,34 @@ def _check_properties(value: object, errors: list[FieldError]) -> dict[str, Prop
     out: dict[str, PropertyValue] = {}
     for key in sorted(value, key=str):
         item = value[key]
-        where = f"properties.{key}"
         if not isinstance(key, str) or not key or len(key) > MAX_PROPERTY_KEY_CHARS:
             errors.append(FieldError("properties", f"keys of 1 to {MAX_PROPERTY_KEY_CHARS} characters", describe(key)))
             continue
-        typed = _TYPED_PROPERTIES.get(key)
-        if typed is not None and item is not None:
-            kinds, text = typed
-            bad_kind = isinstance(item, bool) or not isinstance(item, kinds)
-            bad_price = key == "price" and not bad_kind and not (0 <= float(item) < float("inf"))
-            if bad_kind or bad_price:  # NaN fails 0 <= x, so it is never a price
-                errors.append(FieldError(where, text, describe(item)))
-                continue
-        if item is not None and not isinstance(item, str | int | float):  # bool is an int
-            errors.append(FieldError(where, "a string, number, boolean or null", describe(item)))
+        problem = text_problem(key)
+        if problem is not None:
+            errors.append(FieldError("properties", "keys without control characters", problem))
             continue
-        if isinstance(item, str) and len(item) > MAX_PROPERTY_STRING_CHARS:
-            errors.append(
-                FieldError(
-                    where, f"a string of at most {MAX_PROPERTY_STRING_CHARS} characters", f"{len(item)} characters"
-                )
-            )
-            continue
-        if isinstance(item, float) and item != item:
-            errors.append(FieldError(where, "a finite number", "NaN"))
+        error = _property_error(key, item)
+        if error is not None:
+            errors.append(error)
             continue
         out[key] = item
     return out
 
 
 def validate_event(raw: object) -> tuple[Event | None, list[FieldError]]:
-    """Validate one untrusted event; return the event or every problem found."""
+    """Validate one untrusted event; return the event or every problem found.
+
+    The same checks as :func:`check_event` (which takes an :class:`Event` built in Python), after
+    the shape and type checks a JSON document needs: HTTP, the Python API, the stream workers and
+    the dataset loaders all refuse the same events with the same reasons."""
     if not isinstance(raw, Mapping):
         return None, [FieldError("event", "a JSON object", describe(raw))]
     errors: list[FieldError] = []
     for key in raw:
         if key not in _FIELDS:
-            errors.append(FieldError(str(key), f"no such field (allowed: {', '.join(_FIELDS)})", "a value"))
+            name = key if isinstance(key, str) and text_problem(key) is None else describe(key)
+            errors.append(FieldError(str(name), f"no such field (allowed: {', '.join(_FIELDS)})", "a value"))
     event_id = _check_id(raw, "event_id", True, errors)
     user_id = _check_id(raw, "user_id", True, errors)
     session_id = _check_id(raw, "session_id", False, errors)
@@ -213,10 +272,9 @@ def validate_event(raw: object) -> tuple[Event | None, list[FieldError]]:
         errors.append(
             FieldError("type", f"one of {allowed}", describe(raw_type) if "type" in raw else "nothing (field missing)")
         )
-    elif event_type in ITEM_EVENT_TYPES and item_id is None and "item_id" not in raw:
-        errors.append(
-            FieldError("item_id", f"an item id (required for type '{event_type.value}')", "nothing (field missing)")
-        )
+    elif event_type in ITEM_EVENT_TYPES and item_id is None and not any(e.field == "item_id" for e in errors):
+        got = "nothing (field missing)" if raw.get("item_id") is None else describe(raw["item_id"])
+        errors.append(FieldError("item_id", f"an item id (required for type '{event_type.value}')", got))
     ts: int | None = None
     if "ts" not in raw:
         errors.append(
@@ -238,6 +296,48 @@ def validate_event(raw: object) -> tuple[Event | None, list[FieldError]]:
         session_id=session_id,
         properties=properties,
     ), []
+
+
+def check_event(event: Event) -> list[FieldError]:
+    """Every problem with an :class:`Event` built in Python (the Python API's way in), by the same
+    rules and with the same field names as :func:`validate_event` uses for JSON; empty if valid.
+
+    An empty ``session_id`` is a problem here (``Event`` is the normalised form: absent is
+    ``None``); :func:`normalise` turns one into ``None``."""
+    errors: list[FieldError] = []
+    for name in ("event_id", "user_id"):
+        error = _id_error(name, getattr(event, name))
+        if error is not None:
+            errors.append(error)
+    for name in ("session_id", "item_id"):
+        value = getattr(event, name)
+        if value is not None and (error := _id_error(name, value)) is not None:
+            errors.append(error)
+    if not isinstance(event.type, EventType):
+        allowed = " | ".join(t.value for t in EventType)
+        errors.append(FieldError("type", f"one of {allowed}", describe(event.type)))
+    elif event.type in ITEM_EVENT_TYPES and event.item_id is None:
+        errors.append(
+            FieldError("item_id", f"an item id (required for type '{event.type.value}')", "nothing (field missing)")
+        )
+    if isinstance(event.ts, bool) or not isinstance(event.ts, int):
+        errors.append(FieldError("ts", "epoch milliseconds (integer)", describe(event.ts)))
+    else:
+        _, ts_error = parse_ts(event.ts)
+        if ts_error is not None:
+            errors.append(ts_error)
+    props = event.properties
+    if props:
+        before = len(errors)
+        cleaned = _check_properties(props, errors)
+        if len(errors) == before and len(cleaned) != len(props):  # a None key or the like
+            errors.append(FieldError("properties", "an object of string keys to scalar values", describe(props)))
+    return errors
+
+
+def normalise(event: Event) -> Event:
+    """``event`` with an empty ``session_id`` made absent (``None``), as every way in reads it."""
+    return replace(event, session_id=None) if event.session_id == "" else event
 
 
 def parse_event(raw: object) -> Event:

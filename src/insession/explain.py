@@ -17,6 +17,7 @@ import numpy as np
 
 from insession.config import Settings
 from insession.errors import ModelError, NotFound
+from insession.filters import Filters
 from insession.log import EventLog
 from insession.manifest import Manifest, RequestLog
 from insession.model import ModelBundle
@@ -150,7 +151,9 @@ class Explainer:
 
     def recompute(self, m: Manifest) -> RecommendResponse:
         self._fold_to(m.log_position)
-        req = RecommendRequest(m.user_id, m.surface, m.k, dict(m.context), m.request_id, m.now_ms)
+        req = RecommendRequest(
+            m.user_id, m.surface, m.k, dict(m.context), m.request_id, m.now_ms, Filters.from_dict(m.filters)
+        )
         forced = Forced(m.tier, tuple(m.skipped_sources), m.ranked_rows, tuple(m.cut), tuple(m.explored))
         state = self._replay.state(m.user_id)
         return self._recommender(m.model_version).recommend(

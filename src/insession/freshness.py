@@ -31,7 +31,7 @@ from insession.sessions import SessionState
 
 def request_key(req: RecommendRequest) -> tuple[Hashable, ...]:
     """What makes two requests ask for the same list."""
-    return (req.user_id, req.surface, req.k, tuple(sorted(req.context.items())))
+    return (req.user_id, req.surface, req.k, tuple(sorted(req.context.items())), req.filters)
 
 
 def _guards(state: SessionState | None) -> tuple[Hashable, ...]:

@@ -60,6 +60,7 @@ class Manifest:
     cached_from: str | None = None
     explored: list[str] = field(default_factory=list)  # items exploration put in the list
     factors_version: str = ""  # the online factor model's version the ranker read ("": none)
+    filters: dict[str, Any] | None = None  # the request's filters (None: none)
 
     def to_json(self) -> str:
         # Fields are JSON values already; no deep copy (``asdict``) on the request path.

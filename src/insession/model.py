@@ -95,27 +95,37 @@ class ModelBundle:
             self.version = _version(self._files())
 
     def with_items(self, items: Sequence[Item]) -> ModelBundle:
-        """This model with ``items`` it does not know appended to the catalog, without retraining:
-        zero popularity, no trained neighbours, their category's mean vector as embedding (see
-        ``_cold_vectors``), no sequence-model signal; they
-        are found through what the engine learns online (``online.covisit``) and the live
-        features. The version is a hash of the base model's and of every added item, so the same
-        items joining in the same order give the same version however they were batched."""
-        known = self.catalog.index
-        new = list({i.item_id: i for i in items if i.item_id not in known}.values())
-        if not new:
+        """This model with catalog changes applied, without retraining: items it does not know are
+        appended (zero popularity, no trained neighbours, their category's mean vector as embedding
+        (see ``_cold_vectors``), no sequence-model signal: they are found through what the engine
+        learns online (``online.covisit``) and the live features); known items take the new record
+        (name, category, brand, price, availability), keeping everything trained about them.
+
+        The version is a hash of the base model's and of every change in order, so the same changes
+        in the same order give the same version however they were batched; a change that leaves an
+        item as it is is not one."""
+        current: dict[str, Item] = {}
+        changes: list[Item] = []
+        for item in items:
+            before = current.get(item.item_id) or self.catalog.get(item.item_id)
+            if before != item:
+                changes.append(item)
+                current[item.item_id] = item
+        if not changes:
             return self
         base = self.base or self
-        added = (*self.added, *new)
+        added = (*self.added, *changes)
+        known = self.catalog.index
+        latest = {i.item_id: i for i in changes}
+        new = [latest[i] for i in dict.fromkeys(c.item_id for c in changes) if i not in known]
         k = len(new)
-        digest = hashlib.sha256(base.version.encode())
-        digest.update(json.dumps([i.to_dict() for i in added], sort_keys=True).encode())
-        sequence = self.sequence.padded(len(self.catalog) + k) if self.sequence is not None else None
+        catalog_items = [latest.get(i.item_id, i) for i in self.catalog.items] + new
+        sequence = self.sequence.padded(len(self.catalog) + k) if self.sequence is not None and k else self.sequence
         sessions = self.sessions
-        if sessions is not None:
+        if sessions is not None and k:
             sessions = SessionIndex(sessions.items, sessions.starts, sessions.last_ts, len(self.catalog) + k)
         return ModelBundle(
-            catalog=Catalog([*self.catalog.items, *new]),
+            catalog=Catalog(catalog_items),
             covisit=CovisitMatrix(
                 np.concatenate([self.covisit.indptr, np.full(k, self.covisit.indptr[-1], dtype=np.int64)]),
                 self.covisit.indices,
@@ -130,7 +140,7 @@ class ModelBundle:
             sequence_ann=self.sequence_ann,
             params=self.params,
             stats=self.stats,
-            version=f"{base.version}+{digest.hexdigest()[:8]}",
+            version=_line_versions(base.version, added)[-1],
             added=added,
             base=base,
         )
@@ -151,17 +161,16 @@ class ModelBundle:
         return out
 
     def at_version(self, version: str) -> ModelBundle | None:
-        """The model as it was at ``version``: this one, or its base with the first items added
+        """The model as it was at ``version``: this one, or its base with the first changes applied
         (``None`` if ``version`` is not in this model's line)."""
         if version == self.version:
             return self
         base = self.base or self
         if version == base.version:
             return base
-        for n in range(1, len(self.added)):
-            candidate = base.with_items(self.added[:n])
-            if candidate.version == version:
-                return candidate
+        versions = _line_versions(base.version, self.added)
+        if version in versions:
+            return base.with_items(self.added[: versions.index(version) + 1])
         return None
 
     def _files(self) -> dict[str, bytes]:
@@ -251,6 +260,22 @@ class ModelBundle:
             version=manifest["version"],
         )
         return bundle
+
+
+def _line_versions(base_version: str, changes: Sequence[Item]) -> list[str]:
+    """The version after each prefix of ``changes`` (``[:1]``, ``[:2]``, ...): a hash of the base
+    version and of the JSON list of the changes so far, computed in one pass."""
+    digest = hashlib.sha256(base_version.encode())
+    digest.update(b"[")
+    out = []
+    for n, item in enumerate(changes):
+        if n:
+            digest.update(b", ")
+        digest.update(json.dumps(item.to_dict(), sort_keys=True).encode())
+        closed = digest.copy()
+        closed.update(b"]")
+        out.append(f"{base_version}+{closed.hexdigest()[:8]}")
+    return out
 
 
 def _version(files: dict[str, bytes]) -> str:

@@ -41,6 +41,7 @@ from insession.errors import FieldError, ValidationError, describe
 from insession.features.activity import ItemActivity
 from insession.features.profile import ProfileConfig, build_profile
 from insession.features.streaming import AnchorConfig, session_anchors
+from insession.filters import NO_FILTERS, Filters, allowed, restricts
 from insession.model import ModelBundle
 from insession.online import bandit, covisit
 from insession.online.factors import OnlineFactors
@@ -106,6 +107,8 @@ class RecommendRequest:
     context: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
     now_ms: int = 0  # request (processing) time; decides whether the session is still live
+    #: What the list may hold (categories, a price range, items to leave out, in stock only).
+    filters: Filters = NO_FILTERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +381,8 @@ class Recommender:
                 cut.append("candidates")
         if previous and (surface.keep_top > 0 or surface.max_new is not None):
             merged = self._with_shown(merged, previous)
+        if restricts(self.model.catalog, req.filters):
+            merged = self._filtered(merged, req.filters, req.k, state)
         t2 = clock()
         timings["features"] = (t1 - t0) * 1000
         timings["candidates"] = (t2 - t1) * 1000
@@ -519,6 +524,27 @@ class Recommender:
             Merged(index[i], {"shown": 0.0}) for i in dict.fromkeys(previous) if i in index and index[i] not in have
         ]
         return merged + extra
+
+    def _filtered(self, merged: list[Merged], filters: Filters, k: int, state: SessionState | None) -> list[Merged]:
+        """The candidates a list under ``filters`` may hold (never an unavailable item), topped up
+        from the most popular items that pass when too few are left for ``k`` after the rules."""
+        catalog = self.model.catalog
+        items = np.fromiter((m.item for m in merged), dtype=np.int64, count=len(merged))
+        keep = allowed(catalog, items, filters).tolist() if merged else []
+        out = [m for m, ok in zip(merged, keep, strict=True) if ok]
+        need = k + 30 + (len(state.purchased) + len(state.dismissed) + len(state.cart) if state else 0)
+        if len(out) >= need:
+            return out
+        have = set(items.tolist())
+        order, pop = self.model.popular_order, self.model.popularity
+        for start in range(0, len(order), 4096):
+            chunk = order[start : start + 4096]
+            for i in chunk[allowed(catalog, chunk, filters)].tolist():
+                if i not in have:
+                    out.append(Merged(i, {"popular": float(pop[i])}))
+                    if len(out) >= need:
+                        return out
+        return out
 
     def _popular(self, ctx: RequestContext) -> tuple[list[Merged], tuple[str, ...]]:
         """The ``popular`` tier's candidates: enough of the most popular items to survive the rules."""

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from insession.errors import ValidationError
-from insession.events import MAX_ID_CHARS, MAX_PROPERTIES, EventType, parse_event, validate_event
+from insession.events import MAX_ID_CHARS, MAX_PROPERTIES, Event, EventType, check_event, parse_event, validate_event
 
 TS = 1_767_225_600_000
 
@@ -90,3 +90,60 @@ def test_error_message_says_what_was_expected_and_what_arrived() -> None:
 
 def test_non_object_event_is_rejected() -> None:
     assert fields_of(["not", "an", "object"]) == ["event"]
+
+
+@pytest.mark.parametrize("field", ["event_id", "user_id", "session_id", "item_id"])
+@pytest.mark.parametrize("bad", ["\ud800", "a\udfffb", "tab\there", "nul\x00", "\x85next-line"])
+def test_ids_with_lone_surrogates_or_control_characters_are_refused_by_field(field: str, bad: str) -> None:
+    assert field in fields_of(good(**{field: bad}))
+
+
+@pytest.mark.parametrize(
+    ("properties", "field"),
+    [
+        ({"category": "\ud800"}, "properties.category"),
+        ({"query": "red\x00shoes"}, "properties.query"),
+        ({"note": float("inf")}, "properties.note"),
+        ({"note": float("-inf")}, "properties.note"),
+        ({"note": 10**40}, "properties.note"),
+        ({"price": 10**400}, "properties.price"),
+        ({"\ud800": 1}, "properties"),
+    ],
+)
+def test_properties_that_could_not_be_stored_or_sent_are_refused(properties: dict[str, Any], field: str) -> None:
+    assert field in fields_of(good(properties=properties))
+
+
+def test_text_that_is_fine_stays_fine() -> None:
+    event = parse_event(good(user_id="Zoë-🛒", properties={"query": "red\tshoes\nsize 9", "name": "Ａｂｃ"}))
+    assert event.user_id == "Zoë-🛒" and event.to_json().encode("utf-8")
+
+
+def test_an_empty_session_id_means_none() -> None:
+    assert parse_event(good(session_id="")).session_id is None
+
+
+def test_events_built_in_python_are_checked_by_the_same_rules() -> None:
+    ok = parse_event(good())
+    assert check_event(ok) == []
+    assert [e.field for e in check_event(Event("e", "u\ud800", EventType.CLICK, TS, "i"))] == ["user_id"]
+    assert [e.field for e in check_event(Event("e", "u", EventType.CLICK, TS))] == ["item_id"]
+    assert [e.field for e in check_event(Event("e", "u", EventType.VIEW, 1_767_225_600, "i"))] == ["ts"]
+    bad_props = Event("e", "u", EventType.VIEW, TS, "i", None, {"price": float("nan"), "x": [1]})
+    assert {e.field for e in check_event(bad_props)} == {"properties.price", "properties.x"}
+    # the same reasons, field for field, as the JSON way in
+    raw = good(user_id="u\x07", properties={"price": -1})
+    assert [str(e) for e in check_event(Event("e1", "u\x07", EventType.CLICK, TS, "i1", None, {"price": -1}))] == [
+        str(e) for e in validate_event(raw)[1]
+    ]
+
+
+def test_the_log_gets_standard_json_only() -> None:
+    with pytest.raises(ValueError):
+        Event("e", "u", EventType.VIEW, TS, "i", None, {"x": float("inf")}).to_json()
+
+
+def test_an_item_event_with_a_null_item_is_refused() -> None:
+    """Found by the hostile-input property test: ``"item_id": null`` passed as 'present' and put a
+    view without an item in the log, which then failed to open."""
+    assert fields_of(good(item_id=None)) == ["item_id"]

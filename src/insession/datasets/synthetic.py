@@ -9,6 +9,7 @@ real structure to find.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -138,3 +139,56 @@ def generate(cfg: ShopConfig | None = None) -> SyntheticShop:
 def _event(n: int, user: str, kind: EventType, ts: int, item: Item) -> Event:
     props: dict[str, str | float | None] = {"category": item.category, "brand": item.brand, "price": item.price}
     return Event(f"syn-{n:07d}", user, kind, ts, item.item_id, None, props)
+
+
+#: What a shop's own export calls each event type in :func:`write_export` (foreign on purpose).
+EXPORT_NAMES = {
+    EventType.VIEW: "page_view",
+    EventType.CLICK: "wishlist",
+    EventType.ADD_TO_CART: "basket",
+    EventType.PURCHASE: "order",
+    EventType.SEARCH: "search",
+    EventType.DISMISS: "hide",
+}
+#: The ``[data]`` mapping that reads :func:`write_export`'s events file.
+EXPORT_COLUMNS = {
+    "user_id": "customer",
+    "item_id": "sku",
+    "category": "cat",
+    "event_type": "action",
+    "timestamp": "when",
+}
+
+
+def write_export(shop: SyntheticShop, directory: Path) -> dict[str, Path]:
+    """Write ``shop`` the way a shop's own export looks: ``events.csv`` with its own column names
+    (``customer, sku, cat, action, when``), its own event names (``page_view``, ``wishlist``,
+    ``basket``, ``order``), ISO-8601 times and no session column; ``items.csv`` (``sku, title, cat,
+    brand, price, stock``); and ``shop.toml``, the ``[data]`` mapping that reads them."""
+    import csv
+    from datetime import UTC, datetime
+
+    directory.mkdir(parents=True, exist_ok=True)
+    events = directory / "events.csv"
+    with open(events, "w", encoding="utf-8", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["customer", "sku", "cat", "action", "when"])
+        for e in shop.events:
+            when = datetime.fromtimestamp(e.ts / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            out.writerow([e.user_id, e.item_id, e.prop_str("category") or "", EXPORT_NAMES[e.type], when])
+    items = directory / "items.csv"
+    with open(items, "w", encoding="utf-8", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["sku", "title", "cat", "brand", "price", "stock"])
+        for n, item in enumerate(shop.items):
+            stock = 0 if n % 50 == 49 else 3 + n % 17  # every 50th item sold out
+            out.writerow([item.item_id, item.name or "", item.category or "", item.brand or "", item.price, stock])
+    config = directory / "shop.toml"
+    columns = ", ".join(f'{k} = "{v}"' for k, v in EXPORT_COLUMNS.items())
+    types = ", ".join(f'{v} = "{k.value}"' for k, v in EXPORT_NAMES.items())
+    config.write_text(
+        "# How this shop's export maps onto insession's events (see docs/configuration.md).\n"
+        f"[data]\ncolumns = {{ {columns} }}\nevent_types = {{ {types} }}\n",
+        encoding="utf-8",
+    )
+    return {"events": events, "items": items, "config": config}

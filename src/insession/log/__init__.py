@@ -17,8 +17,9 @@ class AppendResult:
     accepted: list[tuple[int, Event]] = field(default_factory=list)
     duplicates: int = 0
     duplicate_ids: list[str] = field(default_factory=list)
-    #: Events refused before the append (index in the batch, reason): late beyond the allowed lateness.
-    refused: list[tuple[int, FieldError]] = field(default_factory=list)
+    #: Events refused before the append (index in the batch, every reason): invalid, or late beyond
+    #: the allowed lateness.
+    refused: list[tuple[int, list[FieldError]]] = field(default_factory=list)
 
 
 class EventLog(Protocol):

@@ -11,13 +11,17 @@ of its batch (the transaction is rolled back), so the caller can answer 503 and 
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
+from typing import IO
 
-from insession.errors import StorageFault
+from insession.errors import CorruptRecord, DataDirInUse, StorageFault, ValidationError
 from insession.events import Event
 from insession.log import AppendResult
 
@@ -39,10 +43,17 @@ def _fault(path: Path, doing: str, exc: sqlite3.Error) -> StorageFault:
 
 
 class SqliteEventLog:
-    def __init__(self, path: Path | str, durable: bool = False) -> None:
+    """``exclusive``: hold a lock on the log while open, so no second process (a server, an
+    ``insession import``) folds the same log into state of its own; readers (``explain``,
+    ``replay``) open it without."""
+
+    def __init__(self, path: Path | str, durable: bool = False, exclusive: bool = False) -> None:
         self.path = Path(path)
+        self._holder: IO[str] | None = None
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                self._holder = _hold(self.path.with_name(self.path.name + ".lock"))
         self._lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -94,7 +105,7 @@ class SqliteEventLog:
             if not rows:
                 return
             for pos, body in rows:
-                yield int(pos), Event.from_json(body)
+                yield int(pos), _decode(int(pos), body, self.path)
             position = int(rows[-1][0])
             if remaining is not None:
                 remaining -= len(rows)
@@ -120,6 +131,77 @@ class SqliteEventLog:
             row = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()
         return int(row[0])
 
+    def quarantine(self, side_file: Path) -> list[int]:
+        """Move every record that is not a valid event to ``side_file`` (JSON lines: position,
+        reasons, the record as stored; appended and fsynced first, never deleted), then delete it
+        from the log; returns their positions. Events around them keep their positions."""
+        moved: list[int] = []
+        after = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT position, body FROM events WHERE position > ? ORDER BY position LIMIT 5000", (after,)
+                ).fetchall()
+            if not rows:
+                return moved
+            bad = []
+            for pos, body in rows:
+                try:
+                    _decode(int(pos), body, self.path)
+                except CorruptRecord as exc:
+                    bad.append({"position": int(pos), "reasons": exc.reasons, "record": body})
+            if bad:
+                with open(side_file, "a", encoding="utf-8") as fh:
+                    for record in bad:
+                        fh.write(json.dumps(record, ensure_ascii=True) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                with self._lock:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.executemany("DELETE FROM events WHERE position = ?", [(r["position"],) for r in bad])
+                    self._conn.execute("COMMIT")
+                moved.extend(r["position"] for r in bad)
+            after = int(rows[-1][0])
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        if self._holder is not None:
+            self._holder.close()  # releases the lock
+            self._holder = None
+
+    def __del__(self) -> None:  # an engine dropped without close(): its lock goes with it
+        holder = getattr(self, "_holder", None)
+        if holder is not None:
+            holder.close()
+
+
+def _hold(lock_path: Path) -> IO[str]:
+    """Take the log's lock or fail naming the process that holds it."""
+    fh = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the log is
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise DataDirInUse(
+            f"data_dir: {lock_path.parent} is in use by {holder}; stop it first (or send events to its HTTP API)"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"process {os.getpid()}")
+    fh.flush()
+    return fh
+
+
+def _decode(position: int, body: str, path: Path) -> Event:
+    """The event stored at ``position``; a record that is not a valid event (written by an older
+    version, or edited by hand) raises :class:`CorruptRecord` naming its position, fields and content."""
+    try:
+        return Event.from_json(body)
+    except ValidationError as exc:
+        reasons = [str(e) for e in exc.errors]
+    except (ValueError, TypeError) as exc:  # not JSON at all
+        reasons = [f"record: expected a JSON event, got {type(exc).__name__}: {exc}"[:300]]
+    raise CorruptRecord(path, position, reasons, body)

@@ -37,6 +37,7 @@ from insession.errors import (
     StorageFault,
     StoreUnavailable,
 )
+from insession.filters import Filters
 from insession.freshness import cache_control
 from insession.pipeline import RecommendRequest
 from insession.serving import schemas
@@ -53,7 +54,15 @@ from insession.serving.admission import (
 )
 from insession.serving.explaining import ExplainProcess
 from insession.serving.metrics import ServiceMetrics, engine_metrics
-from insession.serving.schemas import BODY_ERRORS, ERROR_501, EventBatch, RecommendationRequest, document, errors
+from insession.serving.schemas import (
+    BODY_ERRORS,
+    ERROR_501,
+    EventBatch,
+    ItemBatch,
+    RecommendationRequest,
+    document,
+    errors,
+)
 
 logger = logging.getLogger(__name__)
 STATIC = FsPath(__file__).with_name("static")
@@ -99,6 +108,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     # Each keyed route, checked by Admission before the body is read (routes not listed are open).
     key_rules = {
         "/v1/events": write,
+        "/v1/items": KeyRule(settings.write_keys, "change the catalog"),
         "/v1/recommendations": read,
         "/v1/explain/{request_id}": read,
         "/v1/catalog": read,
@@ -249,7 +259,9 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         """A list for a user on a surface, computed now from the user's session."""
         with may_read(request):
             context = body.context.read() if body.context is not None else {}
-            return recommend(request, RecommendRequest(body.user_id, body.surface, body.k, context), None)
+            filters = Filters.from_dict(body.filters.model_dump() if body.filters is not None else None)
+            req = RecommendRequest(body.user_id, body.surface, body.k, context, filters=filters)
+            return recommend(request, req, None)
 
     @app.get(
         "/v1/recommendations",
@@ -267,12 +279,41 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         k: Annotated[int, Query(ge=1, le=100)] = 10,
         item_id: Annotated[str | None, Query(max_length=128)] = None,
         if_none_match: Annotated[str | None, Header()] = None,
+        include_category: Annotated[list[str] | None, Query(max_length=200)] = None,
+        exclude_category: Annotated[list[str] | None, Query(max_length=200)] = None,
+        min_price: Annotated[float | None, Query(ge=0)] = None,
+        max_price: Annotated[float | None, Query(ge=0)] = None,
+        exclude_item: Annotated[list[str] | None, Query(max_length=200)] = None,
+        available_only: Annotated[bool, Query()] = False,
     ) -> Response:
         """The same list as POST, cacheable: send the ETag back in If-None-Match and an unchanged
-        list answers 304 with no body."""
+        list answers 304 with no body. Filters as query parameters (repeat a list parameter)."""
         with may_read(request):
             context = {"item_id": item_id} if item_id else {}
-            return recommend(request, RecommendRequest(user_id, surface, k, context), if_none_match)
+            filters = Filters(
+                tuple(include_category or ()),
+                tuple(exclude_category or ()),
+                min_price,
+                max_price,
+                tuple(exclude_item or ()),
+                available_only,
+            )
+            return recommend(request, RecommendRequest(user_id, surface, k, context, filters=filters), if_none_match)
+
+    @app.post(
+        "/v1/items",
+        response_model=None,
+        responses={200: {"model": schemas.ItemsResult}, **errors(*BODY_ERRORS)},
+    )
+    def post_items(batch: ItemBatch, request: Request) -> dict[str, Any]:
+        """Add or change catalog items while serving: a new item is recommendable at once, one with
+        ``available: false`` is never served. Each item is validated on its own; the refused are
+        listed with every field at fault, as for events."""
+        with admit(request, settings.write_keys, "change the catalog"):
+            limit = engine.settings.max_batch_events
+            if len(batch.items) > limit:
+                raise PayloadTooLarge(f"items: expected at most {limit} items per batch, got {len(batch.items)}")
+            return engine.update_items(batch.items).to_dict()
 
     if bare_endpoint:
 

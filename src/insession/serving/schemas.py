@@ -22,26 +22,16 @@ from insession.events import (
     MAX_PROPERTY_KEY_CHARS,
     MAX_PROPERTY_STRING_CHARS,
     EventType,
+    text_problem,
 )
 
 Scalar = str | int | float | bool | None
 
 
-def _text_problem(value: str) -> str | None:
-    """Why a string cannot be stored and sent back as UTF-8 text, or ``None``: a lone surrogate
-    (``"\\ud800"`` in the JSON) cannot be encoded, and control characters have no place in a key."""
-    for ch in value:
-        if "\ud800" <= ch <= "\udfff":
-            return f"a lone UTF-16 surrogate (U+{ord(ch):04X})"
-        if ch < " " or ch == "\x7f":
-            return f"a control character (U+{ord(ch):04X})"
-    return None
-
-
 def _text(value: str) -> str:
-    problem = _text_problem(value)
+    problem = text_problem(value)
     if problem is not None:
-        raise ValueError(f"text without {problem.split(' (')[0]}s, got {problem}")
+        raise ValueError(f"text without control characters or lone surrogates, got {problem}")
     return value
 
 
@@ -238,7 +228,7 @@ class RecommendationContext(BaseModel):
         if entries > MAX_PROPERTIES:
             raise ValueError(f"at most {MAX_PROPERTIES} entries, got {entries}")
         for key, value in extra.items():
-            if not key or len(key) > MAX_PROPERTY_KEY_CHARS or _text_problem(key) is not None:
+            if not key or len(key) > MAX_PROPERTY_KEY_CHARS or text_problem(key) is not None:
                 raise ValueError(f"keys of 1 to {MAX_PROPERTY_KEY_CHARS} characters of text, got {key[:80]!r}")
             if value is not None and not isinstance(value, str | int | float):
                 raise ValueError(f"{key}: a string, number, boolean or null, got {type(value).__name__}")
@@ -253,6 +243,18 @@ class RecommendationContext(BaseModel):
         return {k: v for k in CONTEXT_READ if (v := getattr(self, k)) is not None}
 
 
+class RecommendationFilters(BaseModel):
+    """What the list may hold; checked again by ``insession.filters.Filters``."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_categories: list[str] = Field(default_factory=list, max_length=200, description="Any of these categories.")
+    exclude_categories: list[str] = Field(default_factory=list, max_length=200, description="None of these.")
+    min_price: float | None = Field(default=None, ge=0, description="Items priced at least this (unpriced fail).")
+    max_price: float | None = Field(default=None, ge=0, description="Items priced at most this (unpriced fail).")
+    exclude_items: list[str] = Field(default_factory=list, max_length=200, description="Items not to show.")
+    available_only: bool = Field(default=False, description="Only items known to be available.")
+
+
 class RecommendationRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -262,6 +264,7 @@ class RecommendationRequest(BaseModel):
     surface: str = Field(default="home", min_length=1, max_length=64, description="A configured surface.")
     k: StrictInt = Field(default=10, ge=1, le=100, description="List length: an integer (true is not 1).")
     context: RecommendationContext | None = None
+    filters: RecommendationFilters | None = None
 
     @field_validator("user_id", "surface")
     @classmethod
@@ -338,6 +341,21 @@ class Explanation(BaseModel):
 
 
 # -- catalog, health --------------------------------------------------------------------------
+class ItemBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[Any] = Field(
+        description="Items to add or change: item_id and any of name, category, brand, price, available; "
+        "each is validated on its own."
+    )
+
+
+class ItemsResult(BaseModel):
+    changed: int
+    unchanged: int
+    rejected: list[RejectedEvent] = Field(description="Each refused item: its index and every field at fault.")
+    model_version: str
+
+
 class CatalogItem(BaseModel):
     item_id: str
     name: str | None
