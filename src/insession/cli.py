@@ -251,9 +251,12 @@ def serve(
         # process exits 0 instead of dying on the default SIGTERM action before the snapshot.)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
+        api = create_app(engine, bare_endpoint=bare_endpoint)
         try:
-            serve_forever(create_app(engine, bare_endpoint=bare_endpoint), settings.host, settings.port)
+            serve_forever(api, settings.host, settings.port)
         finally:
+            if getattr(api.state, "explainer", None) is not None:
+                api.state.explainer.close()  # the explanation process closes its files first
             engine.close()
         console.print("stopped")
 

@@ -163,7 +163,12 @@ def test_a_server_will_not_start_on_a_read_only_data_directory(
         assert stop(proc) == 0
     # The directory that held the data comes back read-only (as a file system remounted after I/O
     # errors does; a remount needs the files closed, so it happens between the two runs).
-    _run("mount", "-o", "remount,ro", str(tmpfs))
+    deadline = time.monotonic() + 30
+    while (remount := subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], capture_output=True)).returncode:
+        if time.monotonic() > deadline:  # still busy: say who holds it
+            holders = subprocess.run(["fuser", "-vm", str(tmpfs)], capture_output=True, text=True, timeout=30)
+            pytest.fail(f"cannot remount read-only: {remount.stderr!r}; {holders.stdout + holders.stderr}")
+        time.sleep(0.5)
     try:
         started = subprocess.run(
             [*SERVE, "--model", str(model_dir), "--data-dir", str(data_dir), "--port", str(free_port())],
