@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ from insession.training import TrainConfig, default_workers
 from insession.training import train as train_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="insession: real-time in-session recommendations.")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: No markup: what is printed carries ids, paths and install commands (``insession[torch]``) that
 #: rich would otherwise read as style tags and drop.
 console = Console(markup=False)
@@ -109,6 +111,50 @@ def _say_sequence(model: ModelBundle) -> None:
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
     return Settings.load(dict(os.environ), config, **overrides)
+
+
+def _configure_logging(level: str) -> None:
+    """The library's loggers at ``level`` on stderr; the access log (one JSON line per HTTP
+    request, logger ``insession.access``, at INFO) as bare JSON lines on stderr."""
+    from insession.serving.access import ACCESS_LOGGER
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.handlers.clear()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
+
+
+def _version(show: bool) -> None:
+    if show:
+        from insession import __version__
+
+        console.print(f"insession {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="INSESSION_LOG_LEVEL",
+            help=f"One of {', '.join(LOG_LEVELS)}. At info and below, serve writes one JSON access-log line per "
+            "request to stderr.",
+        ),
+    ] = "info",
+) -> None:
+    """insession: real-time in-session recommendations."""
+    if log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}", param_hint="--log-level"
+        )
+    _configure_logging(log_level.lower())
 
 
 @app.command()
@@ -199,10 +245,20 @@ def serve(
                 engine.start_worker()
             where = f"state and events: {settings.store}, {max(workers, 0)} in-process workers"
         console.print(f"serving model {engine.model.version} on http://{settings.host}:{settings.port} ({where})")
+        # SIGTERM (how containers stop a process) ends like SIGINT: uvicorn stops accepting, drains
+        # the requests in flight, and returns; then the engine writes its snapshot and closes. (uvicorn
+        # raises the signal again once it has stopped: these handlers make that a no-op, so the
+        # process exits 0 instead of dying on the default SIGTERM action before the snapshot.)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        api = create_app(engine, bare_endpoint=bare_endpoint)
         try:
-            serve_forever(create_app(engine, bare_endpoint=bare_endpoint), settings.host, settings.port)
+            serve_forever(api, settings.host, settings.port)
         finally:
+            if getattr(api.state, "explainer", None) is not None:
+                api.state.explainer.close()  # the explanation process closes its files first
             engine.close()
+        console.print("stopped")
 
 
 @app.command()
@@ -920,9 +976,6 @@ def _quarantine(data_dir: Path) -> bool:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("INSESSION_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     app()
 
 

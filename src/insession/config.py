@@ -188,6 +188,17 @@ class Settings:
     max_queue_ms: float = 25.0
     #: Requests running in the engine at once (the rest wait, up to ``max_queue_ms``).
     max_concurrent: int = 2
+    #: A request whose body has not fully arrived this long after its headers gets 408 and gives
+    #: its in-flight slot back (a slow or stalled sender cannot hold the server's slots).
+    body_timeout_ms: float = 10_000.0
+    #: Explanations (seconds of CPU each) may use at most this share of the server's time, over
+    #: a sliding ``explain_window_s``; beyond it they are refused with 503 + Retry-After, so they
+    #: can never starve lists and events.
+    explain_share: float = 0.1
+    explain_window_s: float = 60.0
+    #: Served from a model directory, explanations run in a child process of their own (a second
+    #: copy of the model in memory) so they never hold the interpreter lists are served in.
+    explain_process: bool = True
     #: API keys (``X-API-Key`` or ``Authorization: Bearer``): when set, writing events needs one of
     #: ``write_keys`` and reading lists or explanations one of ``read_keys``. Never logged.
     read_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -208,6 +219,9 @@ class Settings:
         _require(self.max_inflight >= 1, "max_inflight", "an integer >= 1", self.max_inflight)
         _require(self.max_concurrent >= 1, "max_concurrent", "an integer >= 1", self.max_concurrent)
         _require(self.max_queue_ms > 0, "max_queue_ms", "a positive number of ms", self.max_queue_ms)
+        _require(self.body_timeout_ms > 0, "body_timeout_ms", "a positive number of ms", self.body_timeout_ms)
+        _require(0 < self.explain_share <= 1, "explain_share", "0 < x <= 1", self.explain_share)
+        _require(self.explain_window_s > 0, "explain_window_s", "a positive number of seconds", self.explain_window_s)
         for name in ("read_keys", "write_keys"):
             keys = getattr(self, name)
             _require(
@@ -281,7 +295,14 @@ _INT_KEYS = (
     "max_inflight",
     "max_concurrent",
 )
-_FLOAT_KEYS = ("store_timeout_ms", "l1_max_age_ms", "max_queue_ms")
+_FLOAT_KEYS = (
+    "store_timeout_ms",
+    "l1_max_age_ms",
+    "max_queue_ms",
+    "body_timeout_ms",
+    "explain_share",
+    "explain_window_s",
+)
 _TOP_KEYS = (
     "data_dir",
     "model_dir",
@@ -290,6 +311,7 @@ _TOP_KEYS = (
     *_INT_KEYS,
     *_FLOAT_KEYS,
     "learn_online",
+    "explain_process",
     "read_keys",
     "write_keys",
     "session",
@@ -363,10 +385,11 @@ def _from_toml(path: Path) -> dict[str, Any]:
     for key in _FLOAT_KEYS:
         if key in doc:
             out[key] = _number(doc, key, float)
-    if "learn_online" in doc:
-        if not isinstance(doc["learn_online"], bool):
-            raise ValidationError([FieldError("learn_online", "true or false", describe(doc["learn_online"]))])
-        out["learn_online"] = doc["learn_online"]
+    for key in ("learn_online", "explain_process"):
+        if key in doc:
+            if not isinstance(doc[key], bool):
+                raise ValidationError([FieldError(key, "true or false", describe(doc[key]))])
+            out[key] = doc[key]
     for key in ("data_dir", "model_dir"):
         if key in doc:
             if not isinstance(doc[key], str):

@@ -8,7 +8,9 @@ append and fold loses nothing: the log is the source of truth.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -24,7 +26,15 @@ import numpy.typing as npt
 from insession.catalog import Item, item_of, parse_item
 from insession.clock import Clock, SystemClock
 from insession.config import Settings, SurfaceConfig
-from insession.errors import FieldError, NotFound, SnapshotCorrupt, StoreUnavailable, Unsupported
+from insession.errors import (
+    FieldError,
+    InsessionError,
+    NotFound,
+    SnapshotCorrupt,
+    StorageFault,
+    StoreUnavailable,
+    Unsupported,
+)
 from insession.events import Event, check_event, normalise, validate_event
 from insession.explain import Explainer, Explanation
 from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemActivity
@@ -60,6 +70,62 @@ CATALOG_TTL_S = 10 * 365 * 24 * 3600
 LOG_FILE = "events.sqlite"
 SNAPSHOT_FILE = "state.snapshot"
 PURGE_EVERY_MS = 60_000
+#: The request-context keys the pipeline reads (``pipeline.py``: item_id; ``ranking/features.py``:
+#: page, device): all a manifest keeps of a request's context, and all explain needs.
+CONTEXT_READ = ("item_id", "page", "device")
+#: After a snapshot fails (disk full, read-only directory) the next one is tried this much later.
+SNAPSHOT_RETRY_S = 30.0
+
+
+class DataDirHealth:
+    """Whether the data directory takes writes: the last event-log append's outcome, checked again
+    by writing (and removing) a small probe file, at most once a second while writes fail and
+    every 10 s while they work. So a server on a full disk or a read-only directory reports its
+    storage down before an append fails, and up again once it can write. Snapshot failures are
+    counted apart: they lose nothing (the log keeps every event) and are retried."""
+
+    PROBE = ".insession-write-probe"
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.error: str | None = None
+        self.write_failures = 0
+        self.snapshot_failures = 0
+        self.last_snapshot_error: str | None = None
+        self._checked = float("-inf")
+
+    def failed(self, error: str) -> None:
+        self.error = error
+        self.write_failures += 1
+        self._checked = time.monotonic()
+
+    def snapshot_failed(self, error: str) -> None:
+        self.snapshot_failures += 1
+        self.last_snapshot_error = error
+
+    def check(self) -> str | None:
+        """The current write error (``None``: writes work), probing when one is due."""
+        now = time.monotonic()
+        if self.directory is not None and now - self._checked >= (1.0 if self.error else 10.0):
+            self._checked = now
+            self.error = self.probe(self.directory)
+        return self.error
+
+    @classmethod
+    def probe(cls, directory: Path) -> str | None:
+        """Why ``directory`` cannot take a small fsynced write, or ``None`` when it can."""
+        probe = directory / cls.PROBE
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"\0" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            return f"data_dir {directory}: cannot write ({exc.strerror or exc})"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +232,9 @@ class Engine:
         #: Events the guard rail kept out of item activity (folded here; on Redis, by the workers).
         self.fold_stats = FoldStats()
         self._since_snapshot = 0
+        self._snapshot_due = 0.0  # monotonic time before which a failed snapshot is not retried
+        #: Whether the data directory takes writes (embedded; ``store_health`` reports it).
+        self.disk = DataDirHealth(snapshot_path.parent if snapshot_path is not None else None)
         self._purged_at = self.clock.now_ms()
         #: Set on Redis: the guard every Redis call goes through (its state is the store's health).
         self.guard: RedisGuard | None = None
@@ -261,7 +330,12 @@ class Engine:
             model = ModelBundle.load(settings.model_dir)
         clock = clock or SystemClock()
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageFault(f"data_dir {data_dir}: cannot create it ({exc.strerror or exc})") from None
+        if (unwritable := DataDirHealth.probe(data_dir)) is not None:
+            raise StorageFault(unwritable)  # a server that cannot keep what it acknowledges does not start
         requests = RequestLog(data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
         if settings.store.startswith("redis://"):
             return cls.on_redis(settings, model, clock, requests)
@@ -382,7 +456,12 @@ class Engine:
             return self.log.append(events)
         with self._lock:
             events, refused = self._admit(events)
-            result = self.log.append(events)
+            try:
+                result = self.log.append(events)
+            except StoreUnavailable as exc:  # nothing of the batch was stored: the caller retries
+                self.disk.failed(exc.message)
+                raise
+            self.disk.error = None
             if refused:
                 result = replace(result, refused=refused)
             for position, event in result.accepted:
@@ -391,8 +470,9 @@ class Engine:
             self._join_items(e for _, e in result.accepted)
             self._since_snapshot += len(result.accepted)
             self._purge_locked()
-            if self.snapshot_path is not None and self._since_snapshot >= self.settings.snapshot_every_events:
-                self._snapshot_locked()
+            due = self._since_snapshot >= self.settings.snapshot_every_events and time.monotonic() >= self._snapshot_due
+            if self.snapshot_path is not None and due:
+                self._snapshot_locked()  # a failure is logged and counted: the events are stored
         return result
 
     def _admit(self, events: Sequence[Event]) -> tuple[list[Event], list[tuple[int, list[FieldError]]]]:
@@ -549,7 +629,7 @@ class Engine:
             user_id=req.user_id,
             surface=req.surface,
             k=req.k,
-            context=dict(req.context),
+            context={k: req.context[k] for k in CONTEXT_READ if k in req.context},
             now_ms=req.now_ms,
             log_position=position,
             session_version=version,
@@ -586,9 +666,10 @@ class Engine:
         return build_profile(state, self.model, req.now_ms, timeout, self.recommender.cfg.profile).session_embedding
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def snapshot(self) -> None:
+    def snapshot(self) -> bool:
+        """Write the state snapshot now; ``False`` when it failed (logged and counted)."""
         with self._lock:
-            self._snapshot_locked()
+            return self._snapshot_locked()
 
     def _purge_locked(self) -> None:
         """Drop the embedded store's expired state (users past ``state_ttl_s``), and the lists those
@@ -603,18 +684,40 @@ class Engine:
             if removed or lists:
                 logger.info("dropped %d expired store entries and %d lists of expired users", removed, lists)
 
-    def _snapshot_locked(self) -> None:
-        if self.snapshot_path is not None and isinstance(self.store, MemoryFeatureStore):
+    def _snapshot_locked(self) -> bool:
+        """Write the state snapshot; on failure (disk full, read-only directory) log and count it,
+        remove the partial file, and retry ``SNAPSHOT_RETRY_S`` later: nothing is lost, the log
+        holds every event and a restart folds those after the last good snapshot."""
+        if self.snapshot_path is None or not isinstance(self.store, MemoryFeatureStore):
+            return True
+        try:
             if self.factors is not None:
                 self.store.put_many(CATALOG_NAMESPACE, {FACTORS_KEY: self.factors.to_bytes()}, CATALOG_TTL_S)
             self.store.snapshot(self.snapshot_path)
-            self._since_snapshot = 0
+        except (OSError, InsessionError) as exc:
+            error = f"snapshot {self.snapshot_path}: {exc}"
+            self.disk.snapshot_failed(error)
+            self._snapshot_due = time.monotonic() + SNAPSHOT_RETRY_S
+            with contextlib.suppress(OSError):
+                self.snapshot_path.with_name(self.snapshot_path.name + ".tmp").unlink(missing_ok=True)
+            logger.error("%s; the event log keeps every event, next try in %.0f s", error, SNAPSHOT_RETRY_S)
+            return False
+        self._since_snapshot = 0
+        return True
 
     def store_health(self) -> dict[str, Any]:
         """The store's kind and health: on Redis whether it answers now, failures since start,
         the last error, and the L1 cache's size and hit rate."""
         if self.guard is None:
-            return {"kind": "memory", "up": True}
+            error = self.disk.check()
+            return {
+                "kind": "memory",
+                "up": error is None,
+                "last_error": error,
+                "write_failures": self.disk.write_failures,
+                "snapshot_failures": self.disk.snapshot_failures,
+                "last_snapshot_error": self.disk.last_snapshot_error,
+            }
         out: dict[str, Any] = {
             "kind": "redis",
             "up": self.guard.available,
@@ -651,6 +754,8 @@ class Engine:
         return len(self.store) if isinstance(self.store, MemoryFeatureStore) else None
 
     def close(self) -> None:
+        """Stop the workers, write the final snapshot (a failure is logged: the next start folds the
+        log after the last good one), close the logs."""
         self._stop.set()
         for _, thread in self._workers:
             thread.join(timeout=10)

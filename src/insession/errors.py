@@ -115,6 +115,18 @@ class StoreUnavailable(InsessionError):
     status = 503
 
 
+class StorageFault(StoreUnavailable):
+    """The local data directory refused a write (disk full, read-only, I/O error). An append that
+    raises it stored nothing of its batch, so the caller retries (503 + Retry-After); ``/readyz``
+    and ``/healthz`` report storage as down until writes succeed again."""
+
+
+class RequestTimeout(InsessionError):
+    """The client did not send the whole request body within ``body_timeout_ms`` (408)."""
+
+    status = 408
+
+
 class MissingExtra(InsessionError):
     """An optional backend was asked for but its extra is not installed."""
 

@@ -71,6 +71,18 @@ def start_server(model_dir: Path, data_dir: Path, config: Path) -> tuple[subproc
     raise RuntimeError("server did not start within 120 s")
 
 
+def serve_in(
+    tmp_path: Path, data_dir: Path, model: ModelBundle, toml: str
+) -> tuple[subprocess.Popen[bytes], str, Path, Path]:
+    """Save the model, write the settings file, start ``insession serve`` on ``data_dir``."""
+    model_dir = tmp_path / "model"
+    model.save(model_dir)
+    config = tmp_path / "insession.toml"
+    config.write_text(toml)
+    proc, url = start_server(model_dir, data_dir, config)
+    return proc, url, model_dir, config
+
+
 def batch_of(n: int, shop: SyntheticShop, t0: int, size: int = 40) -> list[dict[str, Any]]:
     items = [i.item_id for i in shop.items]
     return [
@@ -88,13 +100,10 @@ def batch_of(n: int, shop: SyntheticShop, t0: int, size: int = 40) -> list[dict[
 def test_sigkill_during_ingest_loses_no_acknowledged_event_and_folds_none_twice(
     tmp_path: Path, model: ModelBundle, shop: SyntheticShop
 ) -> None:
-    model_dir = tmp_path / "model"
-    model.save(model_dir)
     data_dir = tmp_path / "data"
-    config = tmp_path / "insession.toml"
-    config.write_text("snapshot_every_events = 400\n")  # snapshots are written while it is killed
+    # Snapshots are written while it is killed.
+    proc, url, model_dir, config = serve_in(tmp_path, data_dir, model, "snapshot_every_events = 400\n")
     t0 = shop.events[-1].ts + 60_000
-    proc, url = start_server(model_dir, data_dir, config)
     acknowledged: list[str] = []
     in_flight: list[list[dict[str, Any]]] = []
     stop = threading.Event()
@@ -162,3 +171,31 @@ def test_sigkill_during_ingest_loses_no_acknowledged_event_and_folds_none_twice(
         }
     finally:
         engine.log.close()
+
+
+def test_sigterm_drains_writes_the_snapshot_and_exits_0(
+    tmp_path: Path, model: ModelBundle, shop: SyntheticShop
+) -> None:
+    data_dir = tmp_path / "data"
+    # Only the shutdown snapshot.
+    proc, url, _, _ = serve_in(tmp_path, data_dir, model, "snapshot_every_events = 1000000\n")
+    t0 = shop.events[-1].ts + 60_000
+    try:
+        for n in range(5):
+            answer = httpx.post(f"{url}/v1/events", json={"events": batch_of(n, shop, t0)}, timeout=10)
+            assert answer.status_code == 200
+        assert not (data_dir / SNAPSHOT_FILE).exists()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0
+    snapshot = MemoryFeatureStore(SystemClock())
+    snapshot.load(data_dir / SNAPSHOT_FILE)
+    assert snapshot.applied_position() == 5 * 40
+    replay = subprocess.run(
+        [sys.executable, "-m", "insession", "replay", "--data-dir", str(data_dir)], capture_output=True, timeout=300
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert b"identical" in replay.stdout

@@ -3,7 +3,9 @@ the right API key, and load beyond capacity; and that keys never reach the logs.
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -172,3 +174,147 @@ def test_a_request_that_cannot_start_within_max_queue_ms_is_refused() -> None:
         pass
     with gate.enter({ARRIVED: time.perf_counter()}):  # the slot was given back
         pass
+
+
+@pytest.fixture
+def eight_slots(settings: Settings, model: ModelBundle, clock: ManualClock) -> Iterator[Engine]:
+    eng = Engine.open(settings.with_(max_inflight=8, body_timeout_ms=1000.0), model=model, clock=clock)
+    yield eng
+    eng.log.close()
+
+
+def _stalled(port: int, path: str = "/v1/events", headers: str = "") -> socket.socket:
+    """A client that sends the headers and the start of a body, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}"
+        'Content-Length: 1000\r\n\r\n{"events": ['.encode()
+    )
+    return sock
+
+
+def _answer_of(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_slow_bodies_up_to_max_inflight_lose_their_slots_at_the_deadline(
+    eight_slots: Engine, clock: ManualClock
+) -> None:
+    with served(eight_slots) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        opened = time.monotonic()
+        stalled = [_stalled(srv.port) for _ in range(8)]
+        try:
+            time.sleep(0.3)
+            during = c.post("/v1/events", json={"events": [event(1, clock.now_ms())]})
+            assert during.status_code == 503  # every slot is held by a stalled sender, for now
+            answers = [_answer_of(s) for s in stalled]  # each gets its 408, then the server closes
+            waited = time.monotonic() - opened
+        finally:
+            for s in stalled:
+                s.close()
+        after = c.post("/v1/events", json={"events": [event(2, clock.now_ms())]})
+        listed = c.post("/v1/recommendations", json={"user_id": "u-limits", "k": 5})
+        metrics = c.get("/metrics").text
+    assert 1.0 <= waited < 5.0
+    for raw in answers:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
+        assert json.loads(body)["errors"][0]["field"] == "body" and b"body_timeout_ms = 1000" in body
+    assert after.status_code == 200 and after.json()["accepted"] == 1
+    assert listed.status_code == 200
+    assert 'insession_refused_requests_total{reason="body_timeout"} 8.0' in metrics
+    assert eight_slots.log.count() == 1  # nothing of the stalled bodies was written
+
+
+def test_the_key_is_checked_before_the_body_is_read(keyed: Engine) -> None:
+    with served(keyed) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        malformed = c.post("/v1/events", content=b'{"events": [', headers={"content-type": "application/json"})
+        assert malformed.status_code == 401 and malformed.json()["error"].startswith("X-API-Key")
+        keyed_malformed = c.post(
+            "/v1/events",
+            content=b'{"events": [',
+            headers={"content-type": "application/json", "X-API-Key": WRITE_KEY},
+        )
+        assert keyed_malformed.status_code == 422
+        # A keyless sender that never sends its body is refused at once, not at the body deadline.
+        started = time.monotonic()
+        sock = _stalled(srv.port)
+        try:
+            raw = _answer_of(sock)
+        finally:
+            sock.close()
+        assert raw.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 2.0
+
+
+def test_context_is_bounded_and_the_manifest_keeps_only_what_explain_reads(engine: Engine, clock: ManualClock) -> None:
+    base = {"user_id": "u-ctx", "surface": "product_page", "k": 5}
+    with served(engine) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        c.post("/v1/events", json={"events": [event(1, clock.now_ms(), "u-ctx")]})
+        too_many = c.post("/v1/recommendations", json=base | {"context": {f"k{n}": "v" for n in range(40)}})
+        too_long = c.post("/v1/recommendations", json=base | {"context": {"campaign": "x" * 600}})
+        not_scalar = c.post("/v1/recommendations", json=base | {"context": {"campaign": {"a": 1}}})
+        for refused in (too_many, too_long, not_scalar):
+            assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "context", refused.text
+        context = {"item_id": "i00003", "page": "product", "device": "mobile", "campaign": "y" * 500}
+        ok = c.post("/v1/recommendations", json=base | {"context": context})
+        assert ok.status_code == 200, ok.text
+        explained = c.get(f"/v1/explain/{ok.json()['request_id']}").json()
+    assert explained["identical"] is True
+    assert explained["manifest"]["context"] == {"item_id": "i00003", "page": "product", "device": "mobile"}
+    assert engine.requests is not None
+    stored = engine.requests.get(ok.json()["request_id"])
+    assert stored is not None and stored.context == explained["manifest"]["context"]
+
+
+@pytest.mark.parametrize("k", [True, 5.0, "5", None])
+def test_k_accepts_integers_only(engine: Engine, k: object) -> None:
+    with served(engine) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        response = c.post("/v1/recommendations", json={"user_id": "u", "k": k})
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "k"
+
+
+def test_a_500_says_connection_close_and_the_next_request_succeeds(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = engine.recommend
+    calls = []
+
+    def failing_once(request: Any) -> Any:
+        calls.append(request)
+        if len(calls) == 1:
+            raise RuntimeError("boom: not for the client's eyes")
+        return real(request)
+
+    monkeypatch.setattr(engine, "recommend", failing_once)
+    with served(engine) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        failed = c.post("/v1/recommendations", json={"user_id": "u"})
+        again = c.post("/v1/recommendations", json={"user_id": "u"})
+    assert failed.status_code == 500 and failed.headers["connection"] == "close"
+    assert "boom" not in failed.text and failed.json()["incident"]
+    assert again.status_code == 200
+
+
+def test_explanations_beyond_their_share_are_refused_with_retry_after(
+    settings: Settings, model: ModelBundle, clock: ManualClock
+) -> None:
+    eng = Engine.open(settings.with_(explain_share=0.01, explain_window_s=5.0), model=model, clock=clock)
+    try:
+        with served(eng) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+            c.post("/v1/events", json={"events": [event(n, clock.now_ms() + n) for n in range(20)]})
+            rid = c.post("/v1/recommendations", json={"user_id": "u-limits"}).json()["request_id"]
+            answers = []
+            started = time.monotonic()
+            while time.monotonic() - started < 4.0 and len(answers) < 200:
+                answers.append(c.get(f"/v1/explain/{rid}"))
+                if answers[-1].status_code == 503:
+                    break
+            listed = c.post("/v1/recommendations", json={"user_id": "u-limits"})
+    finally:
+        eng.log.close()
+    assert answers[0].status_code == 200 and answers[-1].status_code == 503, [a.status_code for a in answers]
+    refused = answers[-1]
+    assert int(refused.headers["Retry-After"]) >= 1 and "explain" in refused.json()["error"]
+    assert listed.status_code == 200  # lists are not part of the explanations' share

@@ -3,6 +3,10 @@
 Durability: each ``append`` is one transaction. With ``synchronous=NORMAL`` (the default) a
 committed batch survives a crash of the process; ``durable=True`` selects ``synchronous=FULL``,
 which also survives power loss at the cost of an fsync per batch.
+
+Storage faults (disk full, a read-only directory, an I/O error) raise
+:class:`~insession.errors.StorageFault` naming the file: an append that raises it stored nothing
+of its batch (the transaction is rolled back), so the caller can answer 503 and the client retry.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
-from insession.errors import CorruptRecord, DataDirInUse, ValidationError
+from insession.errors import CorruptRecord, DataDirInUse, StorageFault, ValidationError
 from insession.events import Event
 from insession.log import AppendResult
 
@@ -29,6 +34,12 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 """
+
+
+def _fault(path: Path, doing: str, exc: sqlite3.Error) -> StorageFault:
+    """A storage error as the one the server answers 503 for; SQLite's own message says which
+    (``database or disk is full``, ``attempt to write a readonly database``, ``disk I/O error``)."""
+    return StorageFault(f"event log {path}: could not {doing} ({exc})")
 
 
 class SqliteEventLog:
@@ -44,10 +55,13 @@ class SqliteEventLog:
             if exclusive:
                 self._holder = _hold(self.path.with_name(self.path.name + ".lock"))
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise _fault(self.path, "open it for writing", exc) from exc
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         result = AppendResult()
@@ -55,8 +69,8 @@ class SqliteEventLog:
             return result
         with self._lock:
             cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
+                cur.execute("BEGIN IMMEDIATE")
                 for event in events:
                     cur.execute(
                         "INSERT OR IGNORE INTO events (event_id, user_id, ts, body) VALUES (?,?,?,?)",
@@ -67,8 +81,12 @@ class SqliteEventLog:
                     else:
                         result.duplicate_ids.append(event.event_id)
                 cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
+            except BaseException as exc:
+                if self._conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    with suppress(sqlite3.Error):  # gone either way: nothing of it was committed
+                        cur.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+                    raise _fault(self.path, f"append {len(events)} events; none was stored", exc) from exc
                 raise
         return AppendResult(result.accepted, len(result.duplicate_ids), result.duplicate_ids)
 

@@ -1,23 +1,31 @@
-"""What the HTTP app checks before a request reaches the engine: load, body size and API keys.
+"""What the HTTP app checks before a request reaches the engine: load, API keys, body size and time.
 
 ``Admission`` is plain ASGI middleware, so it answers from the event loop without a worker
-thread: a request that would exceed ``max_inflight`` is refused with 503 and ``Retry-After`` at
-once, and a request body over ``max_body_bytes`` with 413 naming the limit, before anything is
-parsed. Of those let in, :class:`Gate` lets ``max_concurrent`` run in the engine at once and
-refuses one that could not start within ``max_queue_ms``, so the requests that are answered
-stay within their budget however much more traffic arrives (benchmarks/overload.py measures it).
+thread, in this order: a request that would exceed ``max_inflight`` is refused with 503 and
+``Retry-After`` at once; one that lacks an API key its route needs gets 401 before its body is
+read; a body over ``max_body_bytes`` gets 413 naming the limit, and one that has not fully
+arrived ``body_timeout_ms`` after the headers gets 408 (a slow or stalled sender gives its
+in-flight slot back). Early refusals close the connection (the unread body is not drained). Of
+those let in, :class:`Gate` lets ``max_concurrent`` run in the engine at once and refuses one
+that could not start within ``max_queue_ms``, so the requests that are answered stay within
+their budget however much more traffic arrives (benchmarks/overload.py measures it); and
+:class:`TimeShare` keeps explanations within their share of the server's time.
 
 API keys are compared in constant time and never logged or echoed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from insession.config import Settings
@@ -31,24 +39,52 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Paths never shed: a load balancer must see the health of an overloaded server.
-UNSHED = frozenset({"/healthz", "/metrics"})
+UNSHED = frozenset({"/healthz", "/readyz", "/metrics"})
 ARRIVED = "insession.arrived"
+#: The route template a request matched (``AccessLog`` sets it; ``Admission`` reads its key rule).
+ROUTE = "insession.route"
 RETRY_AFTER_S = 1
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+@dataclass(frozen=True, slots=True)
+class KeyRule:
+    """The API keys a route needs (none configured: open) and what they allow, for the 401."""
+
+    keys: tuple[str, ...]
+    what: str
+
+
+async def _answer(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None, close: bool = True
+) -> None:
+    """An early refusal. It closes the connection (the request's body may be unread), unless
+    ``close`` is false (a guard's refusal of a request without a body)."""
     raw = json.dumps(body).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    if close:
+        head.append((b"connection", b"close"))
     head += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": raw})
 
 
 class Admission:
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        key_rules: Mapping[str, KeyRule],
+        guards: Mapping[str, Callable[[], Overloaded | None]] | None = None,
+    ) -> None:
         self.app = app
+        #: Per route, a check that may refuse at once, from the event loop (the explanations'
+        #: share: a client that keeps asking costs no worker thread and no parsing).
+        self.guards = guards or {}
         self.max_body = settings.max_body_bytes
         self.max_inflight = settings.max_inflight
+        self.body_timeout_s = settings.body_timeout_ms / 1000.0
+        self.key_rules = key_rules
         self.metrics = metrics
         self.inflight = 0  # touched only on the event loop
 
@@ -65,11 +101,25 @@ class Admission:
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
             return
+        rule = self.key_rules.get(scope.get(ROUTE, ""))
+        if rule is not None:  # before the body is read: a keyless sender costs no parsing
+            try:
+                check_key(_headers(scope), rule.keys, rule.what)
+            except Unauthorized as exc:
+                self.metrics.refused.labels("auth").inc()
+                await _answer(send, exc.status, {"error": exc.message})
+                return
+        guard = self.guards.get(scope.get(ROUTE, ""))
+        refused = guard() if guard is not None else None
+        if refused is not None:
+            retry = getattr(refused, "retry_after_s", RETRY_AFTER_S)
+            await _answer(send, refused.status, {"error": refused.message}, {"Retry-After": str(retry)}, close=False)
+            return
         arrived = scope[ARRIVED] = time.perf_counter()
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
         try:
-            body = await self._body(scope, receive, send)
+            body = await self._body(scope, receive, send, arrived + self.body_timeout_s)
             if body is None:
                 return
             sent = False
@@ -95,8 +145,9 @@ class Admission:
             self.inflight -= 1
             self.metrics.inflight.set(self.inflight)
 
-    async def _body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        """The whole request body, or ``None`` once a 413 was sent for one over the limit."""
+    async def _body(self, scope: Scope, receive: Receive, send: Send, deadline: float) -> bytes | None:
+        """The whole request body, or ``None`` once a 413 (over the limit) or a 408 (not all there
+        by ``deadline``) was sent."""
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             await self._too_large(send, f"{int(declared)} bytes")
@@ -104,7 +155,15 @@ class Admission:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(deadline - time.perf_counter(), 0.0))
+            except TimeoutError:
+                self.metrics.refused.labels("body_timeout").inc()
+                error = FieldError(
+                    "body", f"the whole body within body_timeout_ms = {self.body_timeout_s * 1000:g}", f"{size} bytes"
+                )
+                await _answer(send, 408, {"error": str(error), "errors": [error.to_dict()]})
+                return None
             if message["type"] != "http.request":
                 break
             chunk = message.get("body", b"")
@@ -121,6 +180,73 @@ class Admission:
         self.metrics.refused.labels("body").inc()
         error = FieldError("body", f"at most max_body_bytes = {self.max_body} bytes", got)
         await _answer(send, 413, {"error": str(error), "errors": [error.to_dict()]})
+
+
+class TimeShare:
+    """Explanations refold the event log (about a second of CPU each on a long log) and share the
+    interpreter with lists and events: at most one runs at a time, and all together may use at
+    most ``share`` of the wall time of a sliding ``window_s``. One that would go over is refused at
+    once with 503 and a Retry-After of when the budget frees, so explanation traffic of any rate
+    takes a bounded share of the server's time and lists keep theirs."""
+
+    def __init__(self, share: float, window_s: float, metrics: ServiceMetrics) -> None:
+        self.budget_s = share * window_s
+        self.window_s = window_s
+        self.metrics = metrics
+        self._running = threading.Lock()
+        self._spent: deque[tuple[float, float]] = deque()  # (started, finished), monotonic
+        self._book = threading.Lock()
+
+    def used(self, now: float) -> float:
+        """Seconds spent within the window ending at ``now``."""
+        start = now - self.window_s
+        with self._book:
+            while self._spent and self._spent[0][1] <= start:
+                self._spent.popleft()
+            return sum(end - max(begin, start) for begin, end in self._spent)
+
+    def _frees_in(self, now: float) -> float:
+        """Seconds until the oldest spend in the window leaves it (at least one)."""
+        with self._book:
+            oldest = self._spent[0][1] if self._spent else now - self.window_s
+        return max(oldest + self.window_s - now, float(RETRY_AFTER_S))
+
+    def refusal(self) -> ExplainBusy | None:
+        """Why an explanation asked now would be refused (counted), or ``None``."""
+        now = time.monotonic()
+        if self.used(now) >= self.budget_s:
+            self.metrics.refused.labels("explain_share").inc()
+            wait = math.ceil(self._frees_in(now))
+            return ExplainBusy(
+                f"explain: the explanations' share of the server's time ({self.budget_s:g} s per "
+                f"{self.window_s:g} s) is used up; retry in {wait} s",
+                wait,
+            )
+        if self._running.locked():
+            self.metrics.refused.labels("explain_share").inc()
+            return ExplainBusy("explain: another explanation is running; retry in 1 s", RETRY_AFTER_S)
+        return None
+
+    @contextmanager
+    def enter(self) -> Iterator[None]:
+        refused = self.refusal()
+        if refused is not None or not self._running.acquire(blocking=False):
+            raise refused or ExplainBusy("explain: another explanation is running; retry in 1 s", RETRY_AFTER_S)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._book:
+                self._spent.append((started, time.monotonic()))
+            self._running.release()
+
+
+class ExplainBusy(Overloaded):
+    """An explanation refused by :class:`TimeShare`; ``retry_after_s`` is when to ask again."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Gate:
@@ -148,6 +274,10 @@ class Gate:
             yield
         finally:
             self.slots.release()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
 
 
 def key_of(headers: MutableMapping[str, str] | Any) -> str | None:

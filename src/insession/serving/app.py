@@ -1,13 +1,17 @@
 """The HTTP app: thin translation between JSON and the engine.
 
-Bodies are validated by pydantic at this edge and converted to domain objects; events are
+Bodies are validated by pydantic at this edge (``serving/schemas.py``, which also names every
+schema and error status in the OpenAPI document) and converted to domain objects; events are
 validated one by one by :func:`insession.events.validate_event` so one bad event never rejects
-its batch.
+its batch. The middleware, outermost first: ``AccessLog`` (request id, access line, duration
+histogram), ``Admission`` (shedding, API keys, body limits and deadline).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 import time
 import uuid
 from contextlib import AbstractContextManager
@@ -16,62 +20,52 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from swagger_ui_bundle import swagger_ui_path
 
+from insession import __version__
 from insession.engine import Engine
-from insession.errors import FieldError, InsessionError, Overloaded, PayloadTooLarge, StoreUnavailable
+from insession.errors import (
+    FieldError,
+    InsessionError,
+    Overloaded,
+    PayloadTooLarge,
+    StorageFault,
+    StoreUnavailable,
+)
 from insession.filters import Filters
 from insession.freshness import cache_control
 from insession.pipeline import RecommendRequest
-from insession.serving.admission import RETRY_AFTER_S, Admission, Gate, check_key
-from insession.serving.metrics import ServiceMetrics
+from insession.serving import schemas
+from insession.serving.access import TIER, UNMATCHED, AccessLog
+from insession.serving.admission import (
+    RETRY_AFTER_S,
+    Admission,
+    ExplainBusy,
+    Gate,
+    KeyRule,
+    Scope,
+    TimeShare,
+    check_key,
+)
+from insession.serving.explaining import ExplainProcess
+from insession.serving.metrics import ServiceMetrics, engine_metrics
+from insession.serving.schemas import (
+    BODY_ERRORS,
+    ERROR_501,
+    EventBatch,
+    ItemBatch,
+    RecommendationRequest,
+    document,
+    errors,
+)
 
 logger = logging.getLogger(__name__)
 STATIC = FsPath(__file__).with_name("static")
-
-
-class EventBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    events: list[Any] = Field(description="Events; each is validated on its own.")
-
-
-class RecommendationContext(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    item_id: str | None = Field(default=None, max_length=128)
-    page: str | None = Field(default=None, max_length=64)
-    device: str | None = Field(default=None, max_length=64)
-
-
-class RecommendationFilters(BaseModel):
-    """What the list may hold; checked again by ``insession.filters.Filters``."""
-
-    model_config = ConfigDict(extra="forbid")
-    include_categories: list[str] = Field(default_factory=list, max_length=200, description="Any of these categories.")
-    exclude_categories: list[str] = Field(default_factory=list, max_length=200, description="None of these.")
-    min_price: float | None = Field(default=None, ge=0, description="Items priced at least this (unpriced fail).")
-    max_price: float | None = Field(default=None, ge=0, description="Items priced at most this (unpriced fail).")
-    exclude_items: list[str] = Field(default_factory=list, max_length=200, description="Items not to show.")
-    available_only: bool = Field(default=False, description="Only items known to be available.")
-
-
-class RecommendationBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: str = Field(min_length=1, max_length=128)
-    surface: str = Field(default="home", min_length=1, max_length=64)
-    k: int = Field(default=10, ge=1, le=100)
-    context: RecommendationContext | None = None
-    filters: RecommendationFilters | None = None
-
-
-class ItemBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[Any] = Field(
-        description="Items to add or change: item_id and any of name, category, brand, price, available; "
-        "each is validated on its own."
-    )
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -90,7 +84,6 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
-EXPLAIN_QUEUE_MS = 10_000.0
 BARE_ITEMS = [{"item_id": f"bare-{n}", "score": 1.0, "sources": ["bare"]} for n in range(10)]
 
 
@@ -99,21 +92,59 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     response as ``/v1/recommendations`` but a fixed list and no engine, the floor the framework
     itself costs (``insession bench`` measures both in one run)."""
     metrics = metrics or ServiceMetrics()
-    app = FastAPI(title="insession", version="0.1.0", description="Real-time in-session recommendations.")
+    app = FastAPI(
+        title="insession",
+        version=__version__,
+        description="Real-time in-session recommendations: events in, lists out, every list explainable.",
+        docs_url=None,  # served below from the swagger-ui-bundle package: no CDN
+        redoc_url=None,
+    )
     app.state.engine = engine
     app.state.metrics = metrics
+    metrics.watch(lambda: engine_metrics(engine))
     settings = engine.settings
-    app.add_middleware(Admission, settings=settings, metrics=metrics)
+    write = KeyRule(settings.write_keys, "write events")
+    read = KeyRule(settings.read_keys, "read recommendations and explanations")
+    # Each keyed route, checked by Admission before the body is read (routes not listed are open).
+    key_rules = {
+        "/v1/events": write,
+        "/v1/items": KeyRule(settings.write_keys, "change the catalog"),
+        "/v1/recommendations": read,
+        "/v1/explain/{request_id}": read,
+        "/v1/catalog": read,
+        "/v1/demo/users": read,
+        "/v1/bench/bare": read,
+    }
+
+    def route_of(scope: Scope) -> str:
+        for route in app.router.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(route, "path", UNMATCHED))
+        return UNMATCHED
 
     gate = Gate(settings.max_concurrent, settings.max_queue_ms, metrics)
-    # Explaining refolds the event log up to the request (seconds on a long log): one at a time,
-    # in a gate of its own, so explanations never hold the slots lists and events are served in.
-    explaining = Gate(1, EXPLAIN_QUEUE_MS, metrics)
+    # Explaining refolds the event log up to the request (about a second of CPU on a long log):
+    # one at a time, within its share of the server's time, outside the slots lists are served in.
+    explaining = TimeShare(settings.explain_share, settings.explain_window_s, metrics)
+    guards = {"/v1/explain/{request_id}": explaining.refusal}
+    app.add_middleware(Admission, settings=settings, metrics=metrics, key_rules=key_rules, guards=guards)
+    app.add_middleware(AccessLog, metrics=metrics, route_of=route_of)
+    # ... and, served from a model directory, in a process of its own (serving/explaining.py).
+    apart = None
+    if (
+        settings.explain_process
+        and settings.model_dir is not None
+        and engine.folds_inline
+        and engine.requests is not None
+    ):
+        apart = app.state.explainer = ExplainProcess(settings.model_dir, settings)
 
     def admit(
         request: Request, keys: tuple[str, ...], what: str, through: Gate | None = None
     ) -> AbstractContextManager[None]:
-        """The key check (when keys are configured), then a turn in the engine (``Gate``)."""
+        """The key check (Admission made it already for the routes in ``key_rules``), then a turn
+        in the engine (``Gate``)."""
         try:
             check_key(request.headers, keys, what)
         except InsessionError:
@@ -151,20 +182,31 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     @app.exception_handler(InsessionError)
     async def _known(request: Request, exc: InsessionError) -> JSONResponse:
         body: dict[str, Any] = {"error": exc.message}
-        errors = getattr(exc, "errors", None)
-        if errors:
-            body["errors"] = [e.to_dict() for e in errors]
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(exc, StoreUnavailable | Overloaded) else None
+        field_errors = getattr(exc, "errors", None)
+        if field_errors:
+            body["errors"] = [e.to_dict() for e in field_errors]
+        headers = None
+        if isinstance(exc, StoreUnavailable | Overloaded):
+            retry = exc.retry_after_s if isinstance(exc, ExplainBusy) else RETRY_AFTER_S
+            headers = {"Retry-After": str(retry)}
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:
         incident = uuid.uuid4().hex[:12]
         logger.exception("unhandled error (incident %s)", incident)
-        return JSONResponse({"error": "internal error", "incident": incident}, status_code=500)
+        # The server closes the connection after a failure: say so, so the client opens a new one.
+        return JSONResponse(
+            {"error": "internal error", "incident": incident}, status_code=500, headers={"Connection": "close"}
+        )
 
-    @app.post("/v1/events")
+    @app.post(
+        "/v1/events",
+        response_model=None,
+        responses={200: {"model": schemas.IngestResult}, **errors(*BODY_ERRORS)},
+    )
     def post_events(batch: EventBatch, request: Request) -> dict[str, Any]:
+        """Append a batch of events (each validated on its own) and fold them into state."""
         with admit(request, settings.write_keys, "write events"):
             limit = engine.settings.max_batch_events
             if len(batch.events) > limit:
@@ -177,9 +219,17 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
                 metrics.log_position.set(engine.store.applied_position())
             return result.to_dict()
 
-    def recommend(req: RecommendRequest, if_none_match: str | None) -> Response:
+    def recommend(request: Request, req: RecommendRequest, if_none_match: str | None) -> Response:
         started = time.perf_counter()
-        response = engine.recommend(req)
+        try:
+            response = engine.recommend(req)
+        except sqlite3.DatabaseError as exc:  # the manifest could not be written (disk full, read-only)
+            engine.disk.failed(f"request log: {exc}")
+            raise StorageFault(
+                f"request log: could not record the list's manifest ({exc}); a list that cannot be explained "
+                "is not served"
+            ) from exc
+        request.scope[TIER] = response.tier
         metrics.recommend_latency.labels(req.surface, response.tier).observe(time.perf_counter() - started)
         for stage, ms in response.timings_ms.items():
             if stage != "total":
@@ -191,6 +241,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
             metrics.churn.labels(req.surface).observe(response.churn)
         surface = engine.settings.surface(req.surface)
         headers = {
+            "X-Request-ID": response.request_id,
             "ETag": response.etag,
             "Cache-Control": cache_control(surface),
             "X-Session-Version": str(response.session_version),
@@ -199,16 +250,28 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
             return Response(status_code=304, headers=headers)
         return JSONResponse(response.to_dict(), headers=headers)
 
-    @app.post("/v1/recommendations")
-    def post_recommendations(body: RecommendationBody, request: Request) -> Response:
+    @app.post(
+        "/v1/recommendations",
+        response_model=None,
+        responses={200: {"model": schemas.Recommendation}, **errors(*BODY_ERRORS)},
+    )
+    def post_recommendations(body: RecommendationRequest, request: Request) -> Response:
+        """A list for a user on a surface, computed now from the user's session."""
         with may_read(request):
-            context = {}
-            if body.context is not None:
-                context = {k: str(v) for k, v in body.context.model_dump().items() if v is not None}
+            context = body.context.read() if body.context is not None else {}
             filters = Filters.from_dict(body.filters.model_dump() if body.filters is not None else None)
-            return recommend(RecommendRequest(body.user_id, body.surface, body.k, context, filters=filters), None)
+            req = RecommendRequest(body.user_id, body.surface, body.k, context, filters=filters)
+            return recommend(request, req, None)
 
-    @app.get("/v1/recommendations")
+    @app.get(
+        "/v1/recommendations",
+        response_model=None,
+        responses={
+            200: {"model": schemas.Recommendation},
+            304: {"description": "The list is unchanged since the ETag sent in If-None-Match (no body)."},
+            **errors(401, 422),
+        },
+    )
     def get_recommendations(
         request: Request,
         user_id: Annotated[str, Query(min_length=1, max_length=128)],
@@ -235,9 +298,13 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
                 tuple(exclude_item or ()),
                 available_only,
             )
-            return recommend(RecommendRequest(user_id, surface, k, context, filters=filters), if_none_match)
+            return recommend(request, RecommendRequest(user_id, surface, k, context, filters=filters), if_none_match)
 
-    @app.post("/v1/items")
+    @app.post(
+        "/v1/items",
+        response_model=None,
+        responses={200: {"model": schemas.ItemsResult}, **errors(*BODY_ERRORS)},
+    )
     def post_items(batch: ItemBatch, request: Request) -> dict[str, Any]:
         """Add or change catalog items while serving: a new item is recommendable at once, one with
         ``available: false`` is never served. Each item is validated on its own; the refused are
@@ -250,24 +317,37 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
 
     if bare_endpoint:
 
-        @app.post("/v1/bench/bare")
-        def bare(body: RecommendationBody, request: Request) -> Response:
+        @app.post("/v1/bench/bare", response_model=None, responses=errors(*BODY_ERRORS))
+        def bare(body: RecommendationRequest, request: Request) -> Response:
             with may_read(request):  # the same checks as a real request, so the floor is comparable
                 return JSONResponse(
                     {"request_id": "bare", "items": BARE_ITEMS[: body.k], "session_version": 0, "tier": "bare"}
                 )
 
-    @app.get("/v1/explain/{request_id}")
-    def get_explain(request: Request, request_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
+    @app.get(
+        "/v1/explain/{request_id}",
+        response_model=None,
+        responses={200: {"model": schemas.Explanation}, **errors(401, 404, 422), 501: ERROR_501},
+    )
+    async def get_explain(
+        request: Request, request_id: Annotated[str, Path(min_length=1, max_length=128)]
+    ) -> dict[str, Any]:
         """The served list recomputed from its manifest and the event log: per item its sources,
-        key features, score and contributions, the rules applied, and whether it is identical."""
-        with may_read(request, explaining):
-            return engine.explain(request_id).to_dict()
+        key features, score and contributions, the rules applied, and whether it is identical.
+        Explanations share at most ``explain_share`` of the server's time (503 beyond it)."""
+        # On the event loop up to the share's verdict, so a refusal costs no worker thread; the
+        # explanation itself waits in a thread (for the child process, or computing it here).
+        check_key(request.headers, settings.read_keys, "read recommendations and explanations")
+        with explaining.enter():
+            if apart is not None:
+                return await asyncio.to_thread(apart.explain, request_id, engine.model)
+            return (await asyncio.to_thread(engine.explain, request_id)).to_dict()
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=None, responses={200: {"model": schemas.Health}})
     def healthz() -> dict[str, Any]:
-        """``status`` is ``degraded`` while the shared store is unavailable (lists come from the
-        ``popular`` tier, events are refused with 503); ``ok`` otherwise."""
+        """Liveness: answers while the process does. ``status`` is ``degraded`` while the store
+        cannot take writes (Redis unavailable; a full disk or read-only data directory): lists
+        may come from the ``popular`` tier, events are refused with 503."""
         store = engine.store_health()
         try:
             position: int | None = engine.store.applied_position()
@@ -283,24 +363,34 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
             "tiers": {name: t["tier"] for name, t in engine.tiers.snapshot().items()},
         }
 
-    @app.get("/metrics")
-    def get_metrics() -> Response:
-        users = engine.live_users()
-        if users is not None:
-            metrics.users.set(users)
-        metrics.capped.set(engine.capped_events())
+    @app.get(
+        "/readyz",
+        response_model=None,
+        responses={
+            200: {"model": schemas.Readiness},
+            503: {"model": schemas.Readiness, "description": "Not ready: the reasons say why."},
+        },
+    )
+    def readyz() -> JSONResponse:
+        """Readiness: 200 once the state is loaded (the server listens only after that) and while
+        the store takes writes; 503 with the reasons otherwise (take it out of the balancer)."""
         store = engine.store_health()
-        metrics.store_up.set(1 if store["up"] else 0)
-        metrics.store_failures.set(float(store.get("failures", 0)))
-        if "l1_hit_rate" in store:
-            metrics.l1_hit_rate.set(float(store["l1_hit_rate"]))
-        for surface, tier in engine.tiers.snapshot().items():
-            metrics.tier.labels(surface).set(tier["level"])
-            metrics.tier_p99.labels(surface).set(tier["p99_ms"])
-            metrics.tier_changes.labels(surface).set(tier["changes"])
+        reasons = [] if store["up"] else [f"store down: {store.get('last_error') or 'unavailable'}"]
+        return JSONResponse({"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    )
+    def get_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/catalog")
+    @app.get(
+        "/v1/catalog",
+        response_model=None,
+        responses={200: {"model": schemas.CatalogPage}, **errors(401, 422)},
+    )
     def get_catalog(
         request: Request,
         offset: Annotated[int, Query(ge=0)] = 0,
@@ -323,13 +413,27 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
                 "items": [i.to_dict() for i in page],
             }
 
-    @app.get("/v1/demo/users")
+    @app.get("/v1/demo/users", response_model=None, responses={200: {"model": schemas.DemoUsers}, **errors(401)})
     def demo_users(request: Request) -> dict[str, Any]:
         """Users for the demo page's switcher: those with the longest history (embedded store)."""
         with may_read(request):
             return {"long_history": engine.users_with_most_history(3)}
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """Swagger UI from the swagger-ui-bundle package, served here: no CDN, no internet."""
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="insession API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+    document(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         """The demo shop page (static files, no build step)."""
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))

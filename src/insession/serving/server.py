@@ -9,9 +9,22 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
+#: On stop (SIGINT/SIGTERM), requests in flight get this long to finish before their connections close.
+DRAIN_S = 10
+
 
 def _config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", ws="none", lifespan="off", access_log=False)
+    # The access log is insession's own (``serving/access.py``: JSON, with route and tier).
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        ws="none",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=DRAIN_S,
+    )
 
 
 def serve_forever(app: FastAPI, host: str, port: int) -> None:
