@@ -7,7 +7,7 @@ on a 3-node Redis Cluster, against the embedded server, in one run on loopback.
 2. Embedded: the shop's events folded into a data directory, one server, one driver.
 3. One Redis, then the Cluster: the shop's events appended through the Python API
    (``Engine.on_redis``) and folded by an in-process worker (its throughput and round trips per
-   batch are measured), then two servers (``--workers 0``) and two ``insession worker``
+   round are measured), then two servers (``--workers 0``) and two ``insession worker``
    processes. Driven by one driver (latency against embedded), then by two at once, one per
    server (the pair's throughput), then one driver again with the L1 cache off (what L1 saves).
 4. Every child is stopped by its PID; the redis-servers too, if this started them.
@@ -244,7 +244,8 @@ def _backend_phases(
         worker.release()
         out[f"{tag}_api_append_events_per_s"] = round(len(shop.events) / append_s, 1)
         out[f"{tag}_worker_fold_events_per_s"] = round(folded / fold_s, 1)
-        out[f"{tag}_worker_round_trips_per_batch"] = round(worker.guard.calls / max(worker.stats.batches, 1), 2)
+        out[f"{tag}_worker_rounds"] = worker.stats.rounds
+        out[f"{tag}_worker_round_trips_per_round"] = round(worker.guard.calls / max(worker.stats.rounds, 1), 2)
         stream = RedisStreamEventLog(client, settings.stream_partitions)
         model_dir = tmp / "model"
 

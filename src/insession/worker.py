@@ -55,7 +55,7 @@ from typing import Any
 from insession.clock import Clock, SystemClock
 from insession.config import Settings
 from insession.errors import StoreUnavailable
-from insession.events import Event, parse_event
+from insession.events import Event, EventType
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.fold import ItemEffects, apply_item_effects, item_effects
 from insession.log.redis_stream import decode_entry, entry_id_of, position_of
@@ -142,10 +142,24 @@ def encode_effects(effects: Sequence[ItemEffects]) -> str:
 
 
 def decode_effects(payload: bytes | str) -> list[ItemEffects]:
+    """The item effects of an outbox entry. Its events were validated when they were appended and
+    written here by a worker, so they are rebuilt as they are, not validated a second time."""
     return [
-        ItemEffects(parse_event(event), False, bool(bump), tuple((str(p), float(w)) for p, w in follows))
+        ItemEffects(_event_of(event), False, bool(bump), tuple((str(p), float(w)) for p, w in follows))
         for event, bump, follows in json.loads(payload)
     ]
+
+
+def _event_of(d: dict[str, Any]) -> Event:
+    return Event(
+        d["event_id"],
+        d["user_id"],
+        EventType(d["type"]),
+        int(d["ts"]),
+        d.get("item_id"),
+        d.get("session_id"),
+        d.get("properties") or {},
+    )
 
 
 def item_backlog(client: Any, keys: Keys) -> int:
@@ -171,6 +185,8 @@ class WorkerStats:
     #: Outbox entries folded into item state, and the item commits that did it.
     item_entries: int = 0
     item_batches: int = 0
+    #: Rounds run (``step``); the worker's round trips are its guard's ``calls``.
+    rounds: int = 0
     owned: list[int] = field(default_factory=list)
 
 
@@ -260,22 +276,26 @@ class StreamWorker:
                     self._drop(p)
                     self.stats.lost_leases += 1
         while len(self._owned) > share:
-            p = max(self._owned)
-            self.client.execute_command("EVAL", _RELEASE, 1, self.keys.lease(p), self._owned[p])
-            self._drop(p)
+            self._give_back(max(self._owned))
         if len(self._owned) < share:
             start = self.keys.user_partition(self.name)
             for i in range(self.partitions):
                 p = (start + i) % self.partitions
                 if p in self._owned:
                     continue
-                token = f"{self.name}|{uuid.uuid4().hex[:12]}"
-                if self.client.set(self.keys.lease(p), token, nx=True, px=self.lease_ms):
-                    self._owned[p] = token
+                if self._take(p):
                     self._claim(p)
                     if len(self._owned) >= share:
                         break
         self.stats.owned = self.owned
+
+    def _take(self, partition: int) -> bool:
+        """Take the partition's lease if it is free, with a token new to this acquisition."""
+        lease, token = self.keys.lease(partition), f"{self.name}|{uuid.uuid4().hex[:12]}"
+        if not self.guard.call("take lease", lambda: self.client.set(lease, token, nx=True, px=self.lease_ms)):
+            return False
+        self._owned[partition] = token
+        return True
 
     def _drop(self, partition: int) -> None:
         self._owned.pop(partition, None)
@@ -287,8 +307,11 @@ class StreamWorker:
         applied before new ones; the partition's inbox is read afresh on its next item round."""
         start = "0-0"
         while True:
-            reply = self.client.xautoclaim(
-                self.keys.stream(partition), GROUP, self.name, min_idle_time=0, start_id=start, count=1000
+            reply = self.guard.call(
+                "claim",
+                lambda s=start: self.client.xautoclaim(  # type: ignore[misc]
+                    self.keys.stream(partition), GROUP, self.name, min_idle_time=0, start_id=s, count=1000
+                ),
             )
             self.stats.claimed += len(reply[1])
             start = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
@@ -300,9 +323,13 @@ class StreamWorker:
     def release(self) -> None:
         """Give back every lease and leave the worker set (a clean stop; a crash just lapses)."""
         for p in self.owned:
-            self.client.execute_command("EVAL", _RELEASE, 1, self.keys.lease(p), self._owned[p])
-            self._drop(p)
-        self.client.zrem(self.keys.workers(), self.name)
+            self._give_back(p)
+        self.guard.call("leave", lambda: self.client.zrem(self.keys.workers(), self.name))
+
+    def _give_back(self, partition: int) -> None:
+        lease, token = self.keys.lease(partition), self._owned[partition]
+        self.guard.call("give back", lambda: self.client.execute_command("EVAL", _RELEASE, 1, lease, token))
+        self._drop(partition)
 
     # -- the user half ----------------------------------------------------------------------------
     def _read(self, block_ms: int) -> dict[int, list[tuple[bytes, dict[Any, Any]]]]:
@@ -350,7 +377,8 @@ class StreamWorker:
             if batch:
                 batches[p] = batch
             else:  # entries trimmed from the stream before anyone applied them: nothing to fold
-                self.client.xack(self.keys.stream(p), GROUP, *[entry_id for entry_id, _ in entries])
+                ids = [entry_id for entry_id, _ in entries]
+                self.guard.call("ack", lambda p=p, ids=ids: self.client.xack(self.keys.stream(p), GROUP, *ids))  # type: ignore[misc]
         if not batches:
             return {}
         order = sorted(batches)
@@ -554,6 +582,7 @@ class StreamWorker:
         if self._groups_missing:
             self.ensure_groups()
             self._groups_missing = False
+        self.stats.rounds += 1
         self._balance()
         applied = 0
         read = self._read(block_ms)
