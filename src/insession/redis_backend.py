@@ -112,7 +112,7 @@ def mget(client: Any, keys: Sequence[str]) -> list[Any]:
         by_slot.setdefault(client.keyslot(key), []).append(n)
     pipe = client.pipeline(transaction=False)
     for idx in by_slot.values():
-        pipe.execute_command("MGET", *[keys[n] for n in idx])
+        queue(pipe, keys[idx[0]], "MGET", *[keys[n] for n in idx])
     out: list[Any] = [None] * len(keys)
     for idx, values in zip(by_slot.values(), pipe.execute(), strict=True):
         for n, value in zip(idx, values, strict=True):
@@ -120,11 +120,22 @@ def mget(client: Any, keys: Sequence[str]) -> list[Any]:
     return out
 
 
+def queue(pipe: Any, key: str, *command: Any) -> None:
+    """Queue ``command`` on ``pipe`` (a pipeline of either client); every key it names shares the
+    slot of ``key``. On a Cluster the command goes straight to the node serving that slot: left to
+    itself, redis-py asks a server (``COMMAND GETKEYS``, one more round trip per command) where
+    the keys of ``EVAL`` and ``XREADGROUP`` are."""
+    if is_cluster(pipe):
+        pipe.execute_command(*command, target_nodes=pipe.get_node_from_key(key))
+    else:
+        pipe.execute_command(*command)
+
+
 def run_script(pipe: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> None:
     """Queue ``script`` on ``pipe`` (a pipeline of either client); its ``keys`` must share one
     slot. Sent as ``EVAL``: Redis caches the compiled script by its hash, and the same call works
     on a Cluster pipeline, where redis-py does not manage scripts."""
-    pipe.execute_command("EVAL", script, len(keys), *keys, *args)
+    queue(pipe, keys[0], "EVAL", script, len(keys), *keys, *args)
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -232,6 +243,7 @@ __all__ = [
     "is_redis_url",
     "mget",
     "partition_of",
+    "queue",
     "redis_errors",
     "run_script",
 ]

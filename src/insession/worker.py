@@ -60,7 +60,7 @@ from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.fold import ItemEffects, apply_item_effects, item_effects
 from insession.log.redis_stream import decode_entry, entry_id_of, position_of
 from insession.online import covisit
-from insession.redis_backend import Keys, RedisGuard, is_cluster, redis_errors, run_script
+from insession.redis_backend import Keys, RedisGuard, is_cluster, queue, redis_errors, run_script
 from insession.sessions import SessionState, apply
 from insession.store.memory import MemoryFeatureStore
 from insession.store.redis import RedisFeatureStore
@@ -225,10 +225,15 @@ class StreamWorker:
         self.guard = RedisGuard(retry_ms=0)
         self.store = RedisFeatureStore(client, self.clock, prefix, self.guard, self.partitions)
         self.cluster = is_cluster(client)
-        #: On a Cluster a blocking read cannot span partitions: an idle worker polls this often.
-        self.poll_ms = 20
-        #: How often item rounds look for other workers' outbox entries (their own run at once).
+        #: On a Cluster a blocking read cannot span partitions: an idle worker polls, first after
+        #: this long (doubling while it stays idle, up to the ``block_ms`` of :meth:`run`).
+        self.poll_ms = 10
+        #: How often :meth:`run` looks for other workers' item updates (its own are folded at once):
+        #: every ``item_scan_ms`` while there are some, slowing (doubling) to ``item_scan_max_ms``
+        #: while there are none.
         self.item_scan_ms = 100.0
+        self.item_scan_max_ms = 1000.0
+        self._scan_every_ms = self.item_scan_ms
         self.stats = WorkerStats()
         self._owned: dict[int, str] = {}  # partition -> lease token
         self._maybe_pending: set[int] = set()  # partitions whose pending entries are read first
@@ -342,9 +347,11 @@ class StreamWorker:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for p in owned:
-            if p in self._maybe_pending:
-                pipe.xreadgroup(GROUP, self.name, {self.keys.stream(p): "0"}, count=self.batch)
-            pipe.xreadgroup(GROUP, self.name, {self.keys.stream(p): ">"}, count=self.batch)
+            stream = self.keys.stream(p)
+            for start in ("0", ">") if p in self._maybe_pending else (">",):
+                queue(
+                    pipe, stream, "XREADGROUP", "GROUP", GROUP, self.name, "COUNT", self.batch, "STREAMS", stream, start
+                )
         replies = iter(self._call("read", pipe))
         out: dict[int, list[tuple[bytes, dict[Any, Any]]]] = {}
         for p in owned:
@@ -385,7 +392,8 @@ class StreamWorker:
         users = {p: list(dict.fromkeys(e.user_id for _, e in batches[p])) for p in order}
         pipe = self.client.pipeline(transaction=False)
         for p in order:
-            pipe.execute_command("MGET", *[self.keys.session(u) for u in users[p]])
+            names = [self.keys.session(u) for u in users[p]]
+            queue(pipe, names[0], "MGET", *names)
         found = self._call("read sessions", pipe)
         commit = self.client.pipeline(transaction=False)
         capped = []
@@ -511,7 +519,8 @@ class StreamWorker:
         pipe = self.client.pipeline(transaction=False)
         for q in rounds:
             if touched[q]:
-                pipe.execute_command("MGET", *[self.keys.value(ns, k) for ns, k in touched[q]])
+                names = [self.keys.value(ns, k) for ns, k in touched[q]]
+                queue(pipe, names[0], "MGET", *names)
         found = iter(self._call("read items", pipe))
         commit = self.client.pipeline(transaction=False)
         heads: dict[int, dict[int, str]] = {}
@@ -602,6 +611,8 @@ class StreamWorker:
         items = 0
         if scan_items or self._dirty & set(self._owned):
             items = self._fold_items()
+            busy = items > 0
+            self._scan_every_ms = self.item_scan_ms if busy else min(self._scan_every_ms * 2, self.item_scan_max_ms)
         return applied, items
 
     def step(self, block_ms: int = 0, scan_items: bool = True) -> int:
@@ -624,21 +635,25 @@ class StreamWorker:
 
     def run(self, stop: threading.Event, block_ms: int = 100, on_step: Callable[[int], None] | None = None) -> None:
         """Step until ``stop`` is set, waiting up to ``block_ms`` for new events each round (on a
-        Cluster, polling every ``poll_ms``); item rounds look for other workers' updates every
-        ``item_scan_ms``. Back off (and keep trying) while Redis is unavailable."""
+        Cluster, where a blocking read cannot span partitions, polling: after ``poll_ms`` once a
+        round finds nothing, doubling while rounds stay empty, up to ``block_ms``); item rounds
+        look for other workers' updates every ``item_scan_ms`` to ``item_scan_max_ms``. Back off
+        (and keep trying) while Redis is unavailable."""
         backoff = 0.05
         wait_ms = min(block_ms, self.lease_ms // 4)
+        idle_ms = 0.0
         failures: tuple[type[Exception], ...] = (*redis_errors(), StoreUnavailable)
         try:
             while not stop.is_set():
                 try:
-                    due = (time.monotonic() - self._scanned_at) * 1000 >= self.item_scan_ms
+                    due = (time.monotonic() - self._scanned_at) * 1000 >= self._scan_every_ms
                     n = self.step(wait_ms, scan_items=due)
                     backoff = 0.05
                     if not self._owned:
                         stop.wait(wait_ms / 1000.0)
-                    elif n == 0 and self.cluster:
-                        stop.wait(min(self.poll_ms, wait_ms) / 1000.0)
+                    elif self.cluster:
+                        idle_ms = 0.0 if n else min(max(idle_ms * 2, self.poll_ms), wait_ms)
+                        stop.wait(idle_ms / 1000.0)
                 except failures as exc:
                     logger.warning("worker %s: Redis unavailable (%s); retrying", self.name, exc)
                     n, backoff = 0, min(backoff * 2, 1.0)
