@@ -25,27 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from insession.bench import _pct, train_shop
-from insession.bench_scale import LocalCluster, LocalRedis
+from insession.bench_scale import LocalCluster, LocalRedis, command_counts
 from insession.clock import ManualClock
 from insession.config import Settings
 from insession.engine import Engine
 from insession.pipeline import RecommendRequest
-from insession.redis_backend import connect, is_cluster
+from insession.redis_backend import connect
 from insession.worker import StreamWorker
-
-
-def command_counts(client: Any) -> Counter[str]:
-    """Commands run so far, by name, summed over every node."""
-    infos = (
-        client.info("commandstats", target_nodes=client.PRIMARIES).values()
-        if is_cluster(client)
-        else [client.info("commandstats")]
-    )
-    out: Counter[str] = Counter()
-    for info in infos:
-        for name, stats in info.items():
-            out[name.removeprefix("cmdstat_")] += int(stats["calls"])
-    return out
 
 
 def main() -> None:
@@ -105,7 +91,6 @@ def main() -> None:
                     trips[name] += engine.guard.calls - calls
                 if client is not None and ran is not None:
                     commands[name] += command_counts(client) - ran
-                    commands[name]["info"] = 0
         total = args.requests * args.rounds
         figures.update(items=len(model.catalog), requests_per_setup=total)
         for name, values in timings.items():

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from insession.engine import Engine
 from insession.errors import InsessionError
 from insession.log.redis_stream import RedisStreamEventLog
 from insession.model import ModelBundle
-from insession.redis_backend import CLUSTER_SCHEME, connect
+from insession.redis_backend import CLUSTER_SCHEME, connect, is_cluster
 from insession.worker import GROUP, StreamWorker, item_backlog
 
 
@@ -176,6 +177,23 @@ class LocalCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def command_counts(client: Any) -> Counter[str]:
+    """Commands each Redis (every Cluster node) has run since it started, by name, summed: what a
+    benchmark or a test diffs around an operation to count the commands it sent."""
+    infos = (
+        client.info("commandstats", target_nodes=client.PRIMARIES).values()
+        if is_cluster(client)
+        else [client.info("commandstats")]
+    )
+    out: Counter[str] = Counter()
+    for info in infos:
+        for name, stats in info.items():
+            out[name.removeprefix("cmdstat_")] += int(stats["calls"])
+    for handshake in ("hello", "client|setinfo", "info"):  # new connections, and this count itself
+        out.pop(handshake, None)
+    return out
 
 
 def _pooled(figures: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ recovers."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import PrivateRedis, all_keys, fresh_client, patient_surfaces
+from insession.bench_scale import command_counts
 from insession.clock import ManualClock
 from insession.config import Settings
 from insession.datasets.synthetic import SyntheticShop
@@ -265,22 +265,6 @@ def test_a_stalled_redis_costs_a_request_at_most_its_timeout(
     engine.close()
 
 
-def command_counts(client: Any) -> Counter[str]:
-    """Commands each Redis (every Cluster node) has run since it started, by name, summed."""
-    from insession.redis_backend import is_cluster
-
-    infos = (
-        client.info("commandstats", target_nodes=client.PRIMARIES).values()
-        if is_cluster(client)
-        else [client.info("commandstats")]
-    )
-    out: Counter[str] = Counter()
-    for info in infos:
-        for name, stats in info.items():
-            out[name.removeprefix("cmdstat_")] += int(stats["calls"])
-    return out
-
-
 def test_a_request_reads_the_store_in_a_few_round_trips(
     redis_url: str, tmp_path: Path, model: ModelBundle, shop: SyntheticShop
 ) -> None:
@@ -299,11 +283,28 @@ def test_a_request_reads_the_store_in_a_few_round_trips(
     calls, before = engine.guard.calls, command_counts(client)  # type: ignore[union-attr]
     response = engine.recommend(RecommendRequest(user, "home", 10, {}, "counted", start + 1000))
     ran = command_counts(client) - before
-    ran.pop("info", None)
     assert response.tier == "full" and response.session_version > 0
     assert engine.guard.calls - calls == 3  # type: ignore[union-attr]  # the pipelines sent
     assert ran["get"] == 1 and set(ran) == {"get", "mget"}, ran
     assert ran["mget"] <= (2 if not redis_url.startswith("redis+cluster://") else 2 * PARTITIONS), ran
+    engine.close()
+
+
+def test_appending_events_is_one_script_per_partition_in_one_pipeline(
+    redis_url: str, tmp_path: Path, model: ModelBundle, shop: SyntheticShop
+) -> None:
+    """The events of a batch go, per stream partition, to one atomic script (dedup + XADD); the
+    scripts go in one pipeline, on a Cluster straight to their nodes (no command asking where
+    their keys are)."""
+    client = fresh_client(redis_url)
+    engine = Engine.open(redis_settings(redis_url, tmp_path, store_timeout_ms=5_000.0), model=model)
+    events = shop.events[:200]
+    touched = {engine.log.keys.user_partition(e.user_id) for e in events}  # type: ignore[attr-defined]
+    calls, before = engine.guard.calls, command_counts(client)  # type: ignore[union-attr]
+    assert len(engine.ingest(events).accepted) == len(events)
+    ran = command_counts(client) - before
+    assert engine.guard.calls - calls == 1  # type: ignore[union-attr]
+    assert dict(ran) == {"eval": len(touched), "set": len(events), "xadd": len(events)}, ran
     engine.close()
 
 
