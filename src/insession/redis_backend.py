@@ -107,9 +107,12 @@ def mget(client: Any, keys: Sequence[str]) -> list[Any]:
         return []
     if not is_cluster(client):
         return list(client.mget(keys))
-    by_slot: dict[int, list[int]] = {}
+    by_tag: dict[str, list[int]] = {}  # insession's keys all carry a hash tag: group by its text
     for n, key in enumerate(keys):
-        by_slot.setdefault(client.keyslot(key), []).append(n)
+        by_tag.setdefault(_hash_tag(key), []).append(n)
+    by_slot: dict[int, list[int]] = {}
+    for idx in by_tag.values():
+        by_slot.setdefault(client.keyslot(keys[idx[0]]), []).extend(idx)
     pipe = client.pipeline(transaction=False)
     for idx in by_slot.values():
         queue(pipe, keys[idx[0]], "MGET", *[keys[n] for n in idx])
@@ -118,6 +121,17 @@ def mget(client: Any, keys: Sequence[str]) -> list[Any]:
         for n, value in zip(idx, values, strict=True):
             out[n] = value
     return out
+
+
+def _hash_tag(key: str) -> str:
+    """What Redis Cluster hashes: the text between the first ``{`` and the next ``}`` when it is
+    not empty, else the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 def queue(pipe: Any, key: str, *command: Any) -> None:
