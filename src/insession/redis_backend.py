@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from insession.errors import MissingExtra, StoreUnavailable
+from insession.errors import FieldError, MissingExtra, StoreUnavailable, ValidationError
 
 SINGLE_SCHEME = "redis://"
 CLUSTER_SCHEME = "redis+cluster://"
@@ -72,7 +72,9 @@ def connect(url: str, timeout_ms: float = 25.0, retries: int = 0) -> Any:
         raise MissingExtra(f"store: {scheme}", "redis") from None
     timeout = timeout_ms / 1000.0
     if scheme == SINGLE_SCHEME:
-        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        _refuse_cluster_node(client, url)
+        return client
     try:  # the cluster client asks a startup node for the cluster's map at once
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],  # type: ignore[no-untyped-call]
@@ -82,6 +84,20 @@ def connect(url: str, timeout_ms: float = 25.0, retries: int = 0) -> Any:
         )
     except redis_errors() as exc:
         raise StoreUnavailable(f"store: no node of {url} answered ({type(exc).__name__}: {exc})"[:300]) from exc
+
+
+def _refuse_cluster_node(client: Any, url: str) -> None:
+    """A ``redis://`` URL naming a node of a Redis Cluster would fail later, request by request,
+    on keys of other nodes: say so now. (A Redis that does not answer is left to the calls.)"""
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except redis_errors():
+        return
+    if enabled:
+        host_port = url[len(SINGLE_SCHEME) :].split("/")[0]
+        raise ValidationError(
+            [FieldError("store", f"{CLUSTER_SCHEME}{host_port} for a node of a Redis Cluster", f"{url}")]
+        )
 
 
 def redis_errors() -> tuple[type[Exception], ...]:

@@ -19,7 +19,7 @@ from insession.clock import ManualClock
 from insession.config import Settings
 from insession.datasets.synthetic import SyntheticShop
 from insession.engine import Engine
-from insession.errors import StoreUnavailable
+from insession.errors import StoreUnavailable, ValidationError
 from insession.events import Event, EventType
 from insession.features.activity import NAMESPACE, ItemActivity
 from insession.fold import fold_event
@@ -120,6 +120,8 @@ def test_worker_fold_serves_the_same_lists_as_embedded(
         model=model,
         clock=ManualClock(start),
     )
+    empty = on_redis.store_health()  # a new deployment: no stream written yet
+    assert (empty["up"], empty["fold_backlog"], empty["item_backlog"]) == (True, 0, 0), empty
     result = on_redis.ingest(events)
     assert len(result.accepted) == len(events) and on_redis.ingest(events[:5]).duplicates == 5
     assert on_redis.state(users[0]) is None  # nothing folded until a worker runs
@@ -186,6 +188,21 @@ def test_a_worker_that_lost_its_lease_cannot_write(redis_url: str, shop: Synthet
     assert stalled._fold_users({0: entries}) == {0: False}  # fenced: the lease is the heir's now
     assert {k: client.get(k) for k in all_keys(client, "is:{s:*}:u:*")} == before
     assert item_backlog(client, stalled.keys) == 0  # and it wrote no item updates
+
+
+def test_a_redis_url_naming_a_cluster_node_is_refused_with_the_scheme_to_use(
+    cluster_redis_url: str, tmp_path: Path, model: ModelBundle
+) -> None:
+    """What a new user tried: ``redis://`` and one node of a Cluster. Refused at start, naming
+    ``redis+cluster://``, instead of failing request by request on other nodes' keys."""
+    node = cluster_redis_url.removeprefix("redis+cluster://").split(",")[0]
+    with pytest.raises(ValidationError, match=r"store: expected redis\+cluster://"):
+        Engine.open(redis_settings(f"redis://{node}", tmp_path), model=model)
+    settings = redis_settings(f"redis+cluster://{node}", tmp_path, store_timeout_ms=5_000.0)
+    engine = Engine.open(settings, model=model)  # one node is enough: the client finds the others
+    health = engine.store_health()
+    assert health["up"] is True and health["cluster"] is True, health
+    engine.close()
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -20,6 +20,7 @@ import heapq
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from insession.errors import StoreUnavailable
 from insession.events import Event
 from insession.log import AppendResult
 from insession.redis_backend import Keys, RedisGuard, partition_of, run_script
@@ -147,7 +148,11 @@ class RedisStreamEventLog:
         for p in range(self.partitions):
             pipe.xinfo_groups(self.keys.stream(p))
         total = 0
-        for p, groups in enumerate(self.guard.call("backlog", pipe.execute)):
+        for p, groups in enumerate(self.guard.call("backlog", lambda: pipe.execute(raise_on_error=False))):
+            if isinstance(groups, Exception):
+                if "no such key" in str(groups):  # nothing appended to this partition yet
+                    continue
+                raise StoreUnavailable(f"store: Redis failed during backlog ({type(groups).__name__}: {groups})")
             found = [g for g in groups if g.get("name") in (group, group.encode())]
             if found:
                 total += int(found[0]["pending"]) + int(found[0].get("lag") or 0)
