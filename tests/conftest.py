@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from insession.bench_scale import LocalCluster, LocalRedis
 from insession.clock import ManualClock
 from insession.config import Settings, SurfaceConfig
 from insession.datasets.synthetic import ShopConfig, SyntheticShop, generate
@@ -70,43 +72,6 @@ def engine(settings: Settings, model: ModelBundle, clock: ManualClock) -> Engine
     eng.log.close()
 
 
-class RedisProcess:
-    """A redis-server of a test's own on a loopback port, stopped (by its PID) with ``stop``."""
-
-    def __init__(self, binary: str, port: int, workdir: Path) -> None:
-        import subprocess
-
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(
-            [*cmd, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self._wait()
-
-    def _wait(self) -> None:
-        import time
-
-        import redis
-
-        client = redis.Redis.from_url(self.url)
-        try:
-            for _ in range(200):
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    time.sleep(0.025)
-            pytest.fail(f"redis-server on port {self.port} did not answer")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
 def free_port() -> int:
     import socket
 
@@ -115,44 +80,109 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _redis_binary() -> str:
-    """redis-server's path; skipped (with the reason) when it or the redis package is missing, a
-    failure under CI."""
+def _redis_requirements(cluster: bool = False) -> None:
+    """Skip (with the reason) when redis-server, redis-cli (for a cluster) or the redis package is
+    missing; a failure under CI."""
     import shutil
 
-    binary = shutil.which("redis-server")
-    missing = None if binary else "redis-server is not installed (apt-get install redis-server)"
+    missing = None if shutil.which("redis-server") else "redis-server is not installed (apt-get install redis-server)"
+    if cluster and missing is None and not shutil.which("redis-cli"):
+        missing = "redis-cli is not installed (apt-get install redis-tools)"
     try:
         import redis  # noqa: F401
     except ImportError:
         missing = missing or "the redis package is not installed (pip install -e '.[redis]')"
-    if missing is not None or binary is None:
-        unavailable(missing or "redis-server is missing")
-    assert binary is not None
-    return binary
+    if missing is not None:
+        unavailable(missing)
+
+
+def fresh_client(url: str) -> Any:
+    """A client of ``url`` (one Redis or a Cluster) after emptying it (every primary)."""
+    from insession.redis_backend import connect
+
+    client = connect(url, 5000.0, retries=1)
+    client.flushdb()
+    return client
+
+
+def all_keys(client: Any, pattern: str) -> list[bytes]:
+    """Every key matching ``pattern``, on every node of a Cluster."""
+    from insession.redis_backend import is_cluster
+
+    if is_cluster(client):
+        return sorted(client.keys(pattern, target_nodes=client.PRIMARIES))
+    return sorted(client.keys(pattern))
+
+
+class PrivateRedis:
+    """One Redis or a 3-node Cluster of a test's own, to stop, start again or freeze."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.server: LocalRedis | LocalCluster = (
+            LocalRedis(workdir / "redis") if kind == "redis" else LocalCluster(workdir / "cluster")
+        )
+        self.url: str = self.server.url
+
+    @property
+    def pids(self) -> list[int]:
+        server = self.server
+        return [server.pid] if isinstance(server, LocalRedis) else server.pids
+
+    def pids_serving(self, key: str) -> list[int]:
+        """The redis-server holding ``key``: the only one, or the Cluster node serving its slot."""
+        server = self.server
+        if isinstance(server, LocalRedis):
+            return [server.pid]
+        from insession.redis_backend import connect
+
+        client = connect(self.url, 5000.0)
+        try:
+            port = int(client.get_node_from_key(key).port)
+        finally:
+            client.close()
+        return [node.pid for node in server.nodes if node.port == port]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The test session's shared redis-server (tests empty it with FLUSHDB before use)."""
-    server = RedisProcess(_redis_binary(), free_port(), tmp_path_factory.mktemp("redis"))
+def single_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test session's own redis-server (tests empty it before use), stopped by its PID."""
+    _redis_requirements()
+    server = LocalRedis(tmp_path_factory.mktemp("redis"))
     try:
         yield server.url
     finally:
         server.stop()
 
 
-@pytest.fixture
-def redis_factory(tmp_path: Path) -> Iterator[Callable[[int | None], RedisProcess]]:
-    """Start private redis-servers (e.g. to stop and restart one); all are stopped afterwards."""
-    binary = _redis_binary()
-    started: list[RedisProcess] = []
+@pytest.fixture(scope="session")
+def cluster_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test session's own 3-node Redis Cluster (``redis-cli --cluster create``, no replicas;
+    tests empty it before use), every node stopped by its PID."""
+    _redis_requirements(cluster=True)
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
 
-    def start(port: int | None = None) -> RedisProcess:
-        server = RedisProcess(binary, port or free_port(), tmp_path)
-        started.append(server)
-        return server
 
-    yield start
-    for server in started:
-        server.stop()
+@pytest.fixture(scope="session", params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """One Redis, then the 3-node Cluster: every test that takes it runs on both."""
+    return str(request.getfixturevalue(f"{'single' if request.param == 'redis' else 'cluster'}_redis_url"))
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def private_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis (then a Cluster) of the test's own, e.g. to stop and restart; stopped afterwards."""
+    _redis_requirements(cluster=request.param == "cluster")
+    server = PrivateRedis(request.param, tmp_path)
+    yield server
+    server.stop()

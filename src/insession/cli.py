@@ -213,7 +213,11 @@ def train(
 def serve(
     model: Annotated[Path, typer.Option(help="Model directory from `insession train`.")],
     store: Annotated[
-        str, typer.Option(help="memory (embedded) or redis://HOST:PORT (state and event streams in Redis).")
+        str,
+        typer.Option(
+            help="memory (embedded), redis://HOST:PORT or redis+cluster://HOST:PORT[,HOST:PORT...] "
+            "(state and event streams in Redis or a Redis Cluster)."
+        ),
     ] = "memory",
     data_dir: Annotated[
         Path | None, typer.Option(help="Where the event log, snapshots and request manifests live.")
@@ -224,7 +228,7 @@ def serve(
     workers: Annotated[
         int,
         typer.Option(
-            help="With redis://: stream workers to run inside this server (0 when `insession worker` "
+            help="On Redis: stream workers to run inside this server (0 when `insession worker` "
             "processes fold the streams)."
         ),
     ] = 1,
@@ -263,7 +267,10 @@ def serve(
 
 @app.command()
 def worker(
-    store: Annotated[str, typer.Option(help="The Redis the servers use: redis://HOST:PORT.")],
+    store: Annotated[
+        str,
+        typer.Option(help="The Redis the servers use: redis://HOST:PORT or redis+cluster://HOST:PORT[,HOST:PORT...]."),
+    ],
     config: Annotated[Path | None, typer.Option(help="TOML settings file (session and partition settings).")] = None,
     name: Annotated[str | None, typer.Option(help="Consumer name (default: host-pid-random).")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Events folded per partition per transaction.")] = 200,
@@ -279,14 +286,16 @@ def worker(
     import signal
     import threading
 
-    from insession.store.redis import connect
+    from insession.redis_backend import connect
     from insession.worker import StreamWorker
 
     with _errors():
         settings = _settings(config, store=store)
-        if not settings.store.startswith("redis://"):
-            raise ValidationError([FieldError("store", "a redis://HOST:PORT URL", settings.store)])
-        folder = StreamWorker(connect(settings.store, 5000.0), settings, name=name, batch=batch, lease_ms=lease_ms)
+        if settings.store == "memory":
+            expected = "a redis://HOST:PORT or redis+cluster://HOST:PORT[,HOST:PORT...] URL"
+            raise ValidationError([FieldError("store", expected, settings.store)])
+        client = connect(settings.store, 5000.0, retries=1)
+        folder = StreamWorker(client, settings, name=name, batch=batch, lease_ms=lease_ms)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -720,11 +729,17 @@ def bench(
     scale_out: Annotated[
         bool,
         typer.Option(
-            help="Two servers and two stream workers on one Redis against the embedded server, L1 on and off "
-            "(starts its own redis-server unless --store is given)."
+            help="Two servers and two stream workers on one Redis, then on a 3-node Redis Cluster, against "
+            "the embedded server, L1 on and off (starts its own redis-server and cluster unless --store is given)."
         ),
     ] = False,
-    store: Annotated[str | None, typer.Option(help="With --scale-out: an existing redis://HOST:PORT to use.")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="With --scale-out: an existing redis://HOST:PORT or redis+cluster://HOST:PORT,... to use "
+            "instead of the one of that kind it starts."
+        ),
+    ] = None,
 ) -> None:
     """Start the real server on loopback, drive it from another process, write latency and throughput."""
     from insession.bench import run_bench, write
@@ -766,7 +781,10 @@ def _scale_table(figures: dict[str, Any]) -> None:
     table = Table(title=f"insession bench --scale-out: {figures['items']} items")
     for col in ("setup", "rec p50 ms", "p95", "p99", "requests/s", "HTTP ingest ev/s", "errors"):
         table.add_column(col, justify="right" if col != "setup" else "left")
-    for key in ("embedded", "redis_one_driver", "redis_two_drivers", "redis_no_l1_one_driver"):
+    setups = ["embedded"] + [
+        f"{b}_{p}" for b in ("redis", "cluster") for p in ("one_driver", "two_drivers", "no_l1_one_driver")
+    ]
+    for key in setups:
         f = figures[key]
         table.add_row(
             key,
@@ -775,8 +793,9 @@ def _scale_table(figures: dict[str, Any]) -> None:
             str(f["errors"]),
         )
     console.print(table)
-    for key in ("redis_api_append_events_per_s", "redis_worker_fold_events_per_s", "l1_hit_rate", "l1_saves_p50_ms"):
-        console.print(f"{key}: {figures[key]}")
+    for backend in ("redis", "cluster"):
+        for figure in ("api_append_events_per_s", "worker_fold_events_per_s", "l1_hit_rate", "l1_saves_p50_ms"):
+            console.print(f"{backend}_{figure}: {figures[f'{backend}_{figure}']}")
 
 
 def _explainer(model: Path, data_dir: Path | None, config: Path | None) -> tuple[Explainer, Settings]:

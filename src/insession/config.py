@@ -15,6 +15,7 @@ from typing import Any, Literal
 from insession.clock import MINUTE_MS
 from insession.datasets.mapping import DataMapping
 from insession.errors import FieldError, ValidationError, describe
+from insession.redis_backend import is_redis_url
 
 Freshness = Literal["realtime", "session", "batch"]
 
@@ -231,9 +232,9 @@ class Settings:
                 f"{len(keys)} keys, {sum(1 for k in keys if not isinstance(k, str) or len(k) < 16)} too short",
             )
         _require(
-            self.store == "memory" or self.store.startswith("redis://"),
+            self.store == "memory" or is_redis_url(self.store),
             "store",
-            "'memory' or a redis://HOST:PORT URL",
+            "'memory', a redis://HOST:PORT URL or redis+cluster://HOST:PORT[,HOST:PORT...]",
             self.store,
         )
 

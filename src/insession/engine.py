@@ -59,7 +59,7 @@ from insession.store.cached import CachedStore
 from insession.store.memory import MemoryFeatureStore
 from insession.store.redis import RedisFeatureStore, RedisGuard, connect
 from insession.tiers import TierMonitor
-from insession.worker import GROUP, StreamWorker
+from insession.worker import GROUP, StreamWorker, item_backlog
 
 logger = logging.getLogger(__name__)
 #: Where the online factor model's state is kept (written with each snapshot).
@@ -323,7 +323,8 @@ class Engine:
     ) -> Engine:
         """Open (or create) the engine in ``settings.data_dir``: the SQLite event log and state in
         memory (with a snapshot file; the log after it is folded on start) by default, or a
-        stateless server on Redis when ``settings.store`` is a ``redis://`` URL (:meth:`on_redis`)."""
+        stateless server on Redis when ``settings.store`` is a ``redis://`` or ``redis+cluster://``
+        URL (:meth:`on_redis`)."""
         if model is None:
             if settings.model_dir is None:
                 raise ValueError("model_dir: expected a model directory (insession train --out DIR)")
@@ -337,7 +338,7 @@ class Engine:
         if (unwritable := DataDirHealth.probe(data_dir)) is not None:
             raise StorageFault(unwritable)  # a server that cannot keep what it acknowledges does not start
         requests = RequestLog(data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
-        if settings.store.startswith("redis://"):
+        if settings.store.startswith(("redis://", "redis+cluster://")):
             return cls.on_redis(settings, model, clock, requests)
         log = SqliteEventLog(data_dir / LOG_FILE, exclusive=True)
         store = MemoryFeatureStore(clock)
@@ -361,9 +362,10 @@ class Engine:
     def on_redis(
         cls, settings: Settings, model: ModelBundle, clock: Clock, requests: RequestLog | None = None
     ) -> Engine:
-        """A stateless server on Redis: events go to the Redis streams (``RedisStreamEventLog``),
-        state is read from Redis through the L1 cache, and stream workers (``insession worker``,
-        or :meth:`start_worker`) fold the streams. Nothing is folded in this process."""
+        """A stateless server on one Redis or a Redis Cluster: events go to the Redis streams
+        (``RedisStreamEventLog``), state is read from Redis through the L1 cache, and stream
+        workers (``insession worker``, or :meth:`start_worker`) fold the streams. Nothing is
+        folded in this process."""
         guard = RedisGuard()
         client = connect(settings.store, settings.store_timeout_ms)
         partitions = settings.stream_partitions
@@ -377,8 +379,9 @@ class Engine:
     def start_worker(self, batch: int = 200, lease_ms: int = 5000) -> StreamWorker:
         """Fold the Redis streams on a background thread of this process (``serve --workers``)."""
         if self.guard is None:
-            raise Unsupported("store: an in-process stream worker needs store = redis://")
-        worker = StreamWorker(connect(self.settings.store, 5000.0), self.settings, batch=batch, lease_ms=lease_ms)
+            raise Unsupported("store: an in-process stream worker needs store = redis:// or redis+cluster://")
+        client = connect(self.settings.store, 5000.0, retries=1)
+        worker = StreamWorker(client, self.settings, batch=batch, lease_ms=lease_ms)
         thread = threading.Thread(target=worker.run, args=(self._stop,), name="insession-worker", daemon=True)
         thread.start()
         self._workers.append((worker, thread))
@@ -706,8 +709,9 @@ class Engine:
         return True
 
     def store_health(self) -> dict[str, Any]:
-        """The store's kind and health: on Redis whether it answers now, failures since start,
-        the last error, and the L1 cache's size and hit rate."""
+        """The store's kind and health: on Redis whether it is a Cluster, whether it answers now,
+        failures since start, the last error, the L1 cache's size and hit rate, and what the
+        workers have still to fold (events into sessions, item updates into item state)."""
         if self.guard is None:
             error = self.disk.check()
             return {
@@ -720,6 +724,7 @@ class Engine:
             }
         out: dict[str, Any] = {
             "kind": "redis",
+            "cluster": self.settings.store.startswith("redis+cluster://"),
             "up": self.guard.available,
             "failures": self.guard.failures,
             "last_error": self.guard.last_error,
@@ -727,8 +732,10 @@ class Engine:
         if isinstance(self.store, CachedStore):
             out.update(l1_entries=len(self.store), l1_hit_rate=round(self.store.hit_rate, 4))
         if isinstance(self.log, RedisStreamEventLog) and out["up"]:
+            log = self.log
             try:
-                out["fold_backlog"] = self.log.backlog(GROUP)
+                out["fold_backlog"] = log.backlog(GROUP)
+                out["item_backlog"] = log.guard.call("item_backlog", lambda: item_backlog(log.client, log.keys))
             except StoreUnavailable:
                 out["up"] = False
         return out

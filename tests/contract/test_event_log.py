@@ -13,7 +13,8 @@ from insession.log.sqlite import SqliteEventLog
 
 T0 = 1_767_225_600_000
 LOGS: dict[str, Callable[[Path], EventLog]] = {"sqlite": lambda d: SqliteEventLog(d / "events.sqlite")}
-PARTITIONED = ("redis_stream",)  # order is per user (per partition), not across users
+# Order is per user (per partition), not across users; on one Redis and on a 3-node Cluster.
+PARTITIONED = {"redis_stream": "single_redis_url", "redis_stream_cluster": "cluster_redis_url"}
 
 
 def ev(n: int, user: str = "u1") -> Event:
@@ -22,13 +23,11 @@ def ev(n: int, user: str = "u1") -> Event:
 
 @pytest.fixture(params=sorted(LOGS) + list(PARTITIONED))
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
-    if request.param == "redis_stream":
-        import redis
-
+    if request.param in PARTITIONED:
+        from conftest import fresh_client
         from insession.log.redis_stream import RedisStreamEventLog
 
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-        client.flushdb()
+        client = fresh_client(request.getfixturevalue(PARTITIONED[request.param]))
         yield RedisStreamEventLog(client, partitions=4)
         client.close()
         return

@@ -1,5 +1,6 @@
-"""Scale-out on one Redis, as real processes: two servers and two stream workers, and a worker
-killed with SIGKILL mid-stream. Every process is started here and stopped by its PID."""
+"""Scale-out on one Redis and on a 3-node Redis Cluster (every test runs on both), as real
+processes: two servers (the real ``insession serve``) and two stream workers, and a worker killed
+with SIGKILL mid-stream. Every process is started here and stopped by its PID."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-import redis
 from test_redis_engine import assert_same_state, reference, wait_until
 
-from conftest import free_port  # tests/ is on sys.path (pytest's rootdir conftest)
+from conftest import free_port, fresh_client  # tests/ is on sys.path (pytest's rootdir conftest)
 from insession.clock import ManualClock
 from insession.config import Settings
 from insession.datasets.synthetic import ShopConfig, SyntheticShop, generate
 from insession.log.redis_stream import RedisStreamEventLog
 from insession.model import ModelBundle
 from insession.store.redis import RedisFeatureStore
-from insession.worker import GROUP
+from insession.worker import GROUP, item_backlog, lease_holder
 
 PARTITIONS = 16  # the default
 
@@ -80,8 +81,7 @@ def server_ready(port: int, child: subprocess.Popen[bytes], procs: Processes, na
 def test_events_posted_to_server_a_change_the_next_list_server_b_serves(
     redis_url: str, tmp_path: Path, model: ModelBundle, processes: Processes
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    client = fresh_client(redis_url)
     model_dir = tmp_path / "model"
     model.save(model_dir)
     ports = {}
@@ -96,11 +96,11 @@ def test_events_posted_to_server_a_change_the_next_list_server_b_serves(
     for name in ("w1", "w2"):
         processes.start(name, "worker", "--store", redis_url, "--name", name, "--lease-ms", "1000")
 
-    def owners() -> Counter[bytes | None]:
-        return Counter(client.get(f"is:{{s:{p}}}:lease") for p in range(PARTITIONS))
+    def owners() -> Counter[str | None]:
+        return Counter(lease_holder(client.get(f"is:{{s:{p}}}:lease")) for p in range(PARTITIONS))
 
     # The two workers share the partitions (the first to start gives back what is above its share).
-    wait_until(lambda: set(owners()) == {b"w1", b"w2"}, timeout_s=30)
+    wait_until(lambda: set(owners()) == {"w1", "w2"}, timeout_s=30)
 
     a, b = (httpx.Client(base_url=f"http://127.0.0.1:{ports[n]}", timeout=10) for n in ("a", "b"))
     try:
@@ -130,13 +130,14 @@ def test_events_posted_to_server_a_change_the_next_list_server_b_serves(
         assert shares[1] > shares[0], shares
         health = b.get("/healthz").json()
         assert health["status"] == "ok" and health["store"]["kind"] == "redis"
+        assert health["store"]["cluster"] is redis_url.startswith("redis+cluster://")
     finally:  # closed even when an assertion fails, so no socket outlives the test
         a.close()
         b.close()
         client.close()
 
 
-def pending_of(client: redis.Redis, consumer: str) -> int:
+def pending_of(client: Any, consumer: str) -> int:
     total = 0
     for p in range(PARTITIONS):
         for row in client.xinfo_consumers(f"is:{{s:{p}}}:events", GROUP):
@@ -145,17 +146,18 @@ def pending_of(client: redis.Redis, consumer: str) -> int:
     return total
 
 
-def backlog(client: redis.Redis) -> int:
-    """Entries not yet acknowledged by the workers' group: pending plus never delivered."""
-    return RedisStreamEventLog(client, PARTITIONS).backlog(GROUP)
+def backlog(client: Any) -> int:
+    """What the workers have still to fold: stream entries not yet acknowledged by their group
+    (pending or never delivered), and outbox entries of item updates not yet folded."""
+    log = RedisStreamEventLog(client, PARTITIONS)
+    return int(log.backlog(GROUP)) + item_backlog(client, log.keys)
 
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
     redis_url: str, processes: Processes
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    client = fresh_client(redis_url)
     shop: SyntheticShop = generate(ShopConfig(n_categories=6, items_per_category=50, n_users=500, seed=5))
     log = RedisStreamEventLog(client, PARTITIONS)
     acknowledged = 0

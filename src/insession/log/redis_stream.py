@@ -1,4 +1,5 @@
-"""The event log on Redis Streams: one stream per partition, users spread over partitions.
+"""The event log on Redis Streams (one Redis or a Redis Cluster): one stream per partition, users
+spread over partitions.
 
 A user's events always go to partition ``crc32(user_id) % partitions``, so one worker folding a
 partition sees each user's events in the order they were appended (see ``insession.worker``).
@@ -7,7 +8,7 @@ Appending is one Lua script per partition touched, run atomically by Redis: for 
 ``{prefix}:{s:<p>}:seen:<event_id>`` if absent (with a TTL of ``dedup_window_s``) and only then
 ``XADD``s the event, so an event retried within the window (to any server) is a duplicate, never
 a second entry. Every key a script touches carries the partition's hash tag, so the script runs on
-Redis Cluster too.
+Redis Cluster too, and the scripts of a batch go in one pipeline (one round trip per Cluster node).
 
 Positions: a stream entry id ``<ms>-<seq>`` becomes the integer ``ms * 2**20 + seq``, strictly
 increasing within a partition and ordered by append time across partitions.
@@ -16,13 +17,13 @@ increasing within a partition and ordered by append time across partitions.
 from __future__ import annotations
 
 import heapq
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from insession.errors import StoreUnavailable
 from insession.events import Event
 from insession.log import AppendResult
-from insession.store.redis import Keys, RedisGuard
+from insession.redis_backend import Keys, RedisGuard, partition_of, run_script
 
 SEQ_BITS = 20
 _APPEND = """
@@ -36,10 +37,6 @@ for i = 2, #KEYS do
 end
 return out
 """
-
-
-def partition_of(user_id: str, partitions: int) -> int:
-    return zlib.crc32(user_id.encode()) % partitions
 
 
 def position_of(entry_id: bytes | str) -> int:
@@ -66,14 +63,11 @@ class RedisStreamEventLog:
         guard: RedisGuard | None = None,
         dedup_window_s: int = 3600,
     ) -> None:
-        if partitions < 1:
-            raise ValueError(f"stream_partitions: expected an integer >= 1, got {partitions}")
+        self.keys = Keys(prefix, partitions)
         self.client = client
         self.partitions = partitions
-        self.keys = Keys(prefix)
         self.guard = guard or RedisGuard()
         self.dedup_window_ms = dedup_window_s * 1000
-        self._append = client.register_script(_APPEND)
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         """Append ``events``; each partition's share is one atomic script, all in one round trip.
@@ -93,7 +87,7 @@ class RedisStreamEventLog:
             idx = by_partition[p]
             keys = [self.keys.stream(p)] + [self.keys.seen(p, events[n].event_id) for n in idx]
             args = [self.dedup_window_ms] + [events[n].to_json() for n in idx]
-            self._append(keys=keys, args=args, client=pipe)
+            run_script(pipe, _APPEND, keys, args)
         replies = self.guard.call("append", pipe.execute)
         positions: dict[int, int] = {}
         duplicate_ids: list[str] = []
@@ -154,7 +148,11 @@ class RedisStreamEventLog:
         for p in range(self.partitions):
             pipe.xinfo_groups(self.keys.stream(p))
         total = 0
-        for p, groups in enumerate(self.guard.call("backlog", pipe.execute)):
+        for p, groups in enumerate(self.guard.call("backlog", lambda: pipe.execute(raise_on_error=False))):
+            if isinstance(groups, Exception):
+                if "no such key" in str(groups):  # nothing appended to this partition yet
+                    continue
+                raise StoreUnavailable(f"store: Redis failed during backlog ({type(groups).__name__}: {groups})")
             found = [g for g in groups if g.get("name") in (group, group.encode())]
             if found:
                 total += int(found[0]["pending"]) + int(found[0].get("lag") or 0)
