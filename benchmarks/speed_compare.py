@@ -24,9 +24,19 @@ from typing import Any
 
 
 def prepare(items: int, users: int | None, work: Path) -> None:
-    """Generate the shop and train the model once (kept in ``work`` for later runs)."""
-    if (work / "shop.pickle").exists():
-        return
+    """Generate the shop and train the model once (kept in ``work`` for later runs), and compile
+    its ranker when lleaves is installed, so no tree compiles it while being measured."""
+    if not (work / "shop.pickle").exists():
+        train_once(items, users, work)
+    from insession.model import ModelBundle
+    from insession.ranking import compiled
+
+    ranker = ModelBundle.load(work / "model").ranker
+    if ranker is not None and compiled.available():
+        compiled.compile_ranker(ranker, work / "model")
+
+
+def train_once(items: int, users: int | None, work: Path) -> None:
     from insession.bench import train_shop
 
     shop, cfg, model, train_s = train_shop(items, 1, users, False, lambda s: print(s, flush=True))
@@ -99,7 +109,12 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--phase", "--work", str(work)]
             cmd += ["--requests", str(args.requests), "--seconds", str(args.seconds)]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            figures = {"tree": name, "round": n, "load_before": os.getloadavg(), **json.loads(done.stdout.splitlines()[-1])}
+            figures = {
+                "tree": name,
+                "round": n,
+                "load_before": os.getloadavg(),
+                **json.loads(done.stdout.splitlines()[-1]),
+            }
             print(json.dumps(figures), flush=True)
             results["runs"].append(figures)
     args.out.parent.mkdir(parents=True, exist_ok=True)
