@@ -40,7 +40,7 @@ from insession.explain import Explainer, Explanation
 from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemActivity
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.profile import build_profile
-from insession.fold import Decoded, FoldBatch, FoldStats
+from insession.fold import FoldBatch, FoldStats
 from insession.freshness import ListCache, ShownLists
 from insession.log import AppendResult, EventLog
 from insession.log.items import ITEMS_FILE, FileItemLog, ItemLog, StoreItemLog
@@ -244,7 +244,6 @@ class Engine:
         self._decoder = ActivityDecoder()
         #: Events the guard rail kept out of item activity (folded here; on Redis, by the workers).
         self.fold_stats = FoldStats()
-        self._decoded = Decoded()  # shared item state kept decoded between ingest batches
         self._since_snapshot = 0
         self._snapshot_due = 0.0  # monotonic time before which a failed snapshot is not retried
         #: Whether the data directory takes writes (embedded; ``store_health`` reports it).
@@ -436,7 +435,6 @@ class Engine:
             self.fold_stats,
             self.settings.learn_online,
             self.factors.add_ids if self.settings.learn_online and self.factors is not None else None,
-            self._decoded,
         )
 
     def _fold_all(self, accepted: Iterable[tuple[int, Event]], each: Callable[[int, Event], object]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
 
 from insession.config import SessionConfig
 from insession.events import Event
@@ -64,36 +63,6 @@ def item_effects(
     return ItemEffects(event, bump=weighted, follows=tuple(pairs))
 
 
-_V = TypeVar("_V")
-
-
-class Decoded:
-    """The values of shared state last decoded or written, each with its bytes, kept between
-    batches: a value is decoded again only when the store holds other bytes for it than those it
-    came from (so it is never stale), and popular items are not decoded batch after batch. Cleared
-    when it reaches ``max_entries``."""
-
-    def __init__(self, max_entries: int = 50_000) -> None:
-        self.max_entries = max_entries
-        self._values: dict[tuple[str, str], tuple[bytes, Any]] = {}
-
-    def decode(self, namespace: str, key: str, raw: bytes, decode: Callable[[bytes], _V]) -> _V:
-        found = self._values.get((namespace, key))
-        if found is not None and (found[0] is raw or found[0] == raw):
-            return cast(_V, found[1])
-        value = decode(raw)
-        self.keep(namespace, key, raw, value)
-        return value
-
-    def keep(self, namespace: str, key: str, raw: bytes, value: object) -> None:
-        if len(self._values) >= self.max_entries:
-            self._values = {}
-        self._values[(namespace, key)] = (raw, value)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
 class SharedState:
     """The item activity and online co-visitation lists a run of events folds into, read from
     ``store`` once per key, kept decoded while the events fold, and written back by :meth:`flush`
@@ -101,10 +70,9 @@ class SharedState:
     with the same bytes as when each event read and wrote them itself; a batch just skips the
     decoding and encoding in between (most of an event's fold, measured in issue 26)."""
 
-    def __init__(self, store: FeatureStore, ttl_s: int, memo: Decoded | None = None) -> None:
+    def __init__(self, store: FeatureStore, ttl_s: int) -> None:
         self.store = store
         self.ttl_s = ttl_s
-        self.memo = memo
         self._activity: dict[str, ItemActivity | None] = {}
         self._neighbours: dict[str, covisit.Neighbours | None] = {}
         self._changed_activity: set[str] = set()
@@ -118,7 +86,8 @@ class SharedState:
             return
         if effects.bump:
             if item not in self._activity:
-                self._activity[item] = self._read(ACTIVITY_NAMESPACE, [item], ItemActivity.from_bytes)[0]
+                raw = self.store.get_many(ACTIVITY_NAMESPACE, [item])[0]
+                self._activity[item] = None if raw is None else ItemActivity.from_bytes(raw)
             old = self._activity[item]
             bumped = bump(old, event)
             if bumped is not None and bumped is not old:
@@ -130,37 +99,25 @@ class SharedState:
         current = self._neighbours
         missing = list(dict.fromkeys(p for p, _ in pairs if p not in current))
         if missing:
+            raws = self.store.get_many(covisit.NAMESPACE, missing)
             current.update(
-                zip(missing, self._read(covisit.NAMESPACE, missing, covisit.Neighbours.from_bytes), strict=True)
+                (p, None if raw is None else covisit.Neighbours.from_bytes(raw))
+                for p, raw in zip(missing, raws, strict=True)
             )
         for p, w in pairs:
             current[p] = covisit.add(current[p], item, w, event.ts)
             self._changed_neighbours.add(p)
 
-    def _read(self, namespace: str, keys: list[str], decode: Callable[[bytes], _V]) -> list[_V | None]:
-        raws = self.store.get_many(namespace, keys)
-        if self.memo is None:
-            return [None if raw is None else decode(raw) for raw in raws]
-        return [
-            None if raw is None else self.memo.decode(namespace, key, raw, decode)
-            for key, raw in zip(keys, raws, strict=True)
-        ]
-
-    def _write(self, namespace: str, values: dict[str, _V], encode: Callable[[_V], bytes]) -> None:
-        raws = {key: encode(value) for key, value in values.items()}
-        self.store.put_many(namespace, raws, self.ttl_s)
-        if self.memo is not None:
-            for key, raw in raws.items():
-                self.memo.keep(namespace, key, raw, values[key])
-
     def flush(self) -> None:
         """Write every value changed since the last flush to the store."""
         if self._changed_activity:
-            activity = {i: a for i in sorted(self._changed_activity) if (a := self._activity[i]) is not None}
-            self._write(ACTIVITY_NAMESPACE, activity, ItemActivity.to_bytes)
+            activity = {i: a.to_bytes() for i in sorted(self._changed_activity) if (a := self._activity[i]) is not None}
+            self.store.put_many(ACTIVITY_NAMESPACE, activity, self.ttl_s)
         if self._changed_neighbours:
-            lists = {p: n for p in sorted(self._changed_neighbours) if (n := self._neighbours[p]) is not None}
-            self._write(covisit.NAMESPACE, lists, covisit.Neighbours.to_bytes)
+            lists = {
+                p: n.to_bytes() for p in sorted(self._changed_neighbours) if (n := self._neighbours[p]) is not None
+            }
+            self.store.put_many(covisit.NAMESPACE, lists, self.ttl_s)
         self._changed_activity.clear()
         self._changed_neighbours.clear()
 
@@ -187,7 +144,6 @@ class FoldBatch:
         stats: FoldStats | None = None,
         learn: bool = True,
         on_pair: Callable[[str, str], object] | None = None,
-        memo: Decoded | None = None,
     ) -> None:
         self.store = store
         self.session = session
@@ -195,7 +151,7 @@ class FoldBatch:
         self.stats = stats
         self.learn = learn
         self.on_pair = on_pair
-        self.shared = SharedState(store, ttl_s, memo)
+        self.shared = SharedState(store, ttl_s)
         self._states: dict[str, SessionState | None] = {}
         self._changed: dict[str, None] = {}  # users, in the order their state first changed
 

@@ -67,11 +67,8 @@ def add(old: Neighbours | None, item: str, weight: float, ts: int) -> Neighbours
     if old is None:
         return Neighbours(ts, (item,), (weight,))
     last = max(old.last_ts, ts)
-    if last == old.last_ts:  # an event no newer than the list: no decay (``w * 1.0`` is ``w``)
-        merged = dict(zip(old.items, old.weights, strict=True))
-    else:
-        f = _decay(last - old.last_ts)
-        merged = {i: w * f for i, w in zip(old.items, old.weights, strict=True)}
+    f = _decay(last - old.last_ts)
+    merged = {i: w * f for i, w in zip(old.items, old.weights, strict=True)}
     merged[item] = merged.get(item, 0.0) + weight * _decay(last - ts)
     ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_NEIGHBOURS]
     return Neighbours(last, tuple(i for i, _ in ranked), tuple(w for _, w in ranked))
