@@ -20,6 +20,9 @@ from insession.training import train
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI") == "true"
+# Models saved by tests are served by LightGBM: a compile of the ranker (lleaves, 10-15 s of CPU) per
+# saved model would slow the whole suite. tests/unit/test_compiled_ranker.py turns it on for itself.
+os.environ["INSESSION_COMPILE_RANKER"] = "0"
 
 
 def unavailable(reason: str) -> None:

@@ -93,8 +93,9 @@ def compile_ranker(model_text: str, directory: Path) -> Predict:
 def compile_in_background(model_text: str, directory: Path, ready: Callable[[Predict], None]) -> None:
     """Call ``ready`` with the compiled predict: at once when the object code is cached, else from
     a background thread once compiled. Does nothing without lleaves; a failure is logged (LightGBM
-    keeps serving)."""
-    if not available():
+    keeps serving). ``INSESSION_COMPILE_RANKER=0`` turns it off (LightGBM scores; the test suite
+    sets it so that each model a test saves does not start a compile of its own)."""
+    if not available() or os.environ.get("INSESSION_COMPILE_RANKER", "1").strip().lower() in {"0", "false", "no"}:
         return
 
     def build() -> None:
