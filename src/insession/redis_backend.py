@@ -199,6 +199,12 @@ class Keys:
     def session(self, user_id: str) -> str:
         return f"{self.prefix}:{{s:{self.user_partition(user_id)}}}:u:{user_id}"
 
+    def user_value(self, name: str, user_id: str) -> str:
+        """A serving value of a user (``name``: ``shown``, ``kept``), in the slot of the user's
+        session, so one ``MGET`` reads both. (The name comes before the user id, so no user id,
+        whatever it holds, makes one user's key another's.)"""
+        return f"{self.prefix}:{{s:{self.user_partition(user_id)}}}:uv:{name}:{user_id}"
+
     def stream(self, partition: int) -> str:
         return f"{self.prefix}:{{s:{partition}}}:events"
 
