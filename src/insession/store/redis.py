@@ -77,10 +77,11 @@ class RedisFeatureStore:
         self.guard.call("put_session", lambda: self.client.set(self.keys.session(user_id), value, px=px))
 
     def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        names = [self.keys.value(namespace, k) for k in keys]
-        return self._fresh(self.guard.call("get_many", lambda: mget(self.client, names)))
+        return self._read("get_many", [self.keys.value(namespace, k) for k in keys])
+
+    def _read(self, what: str, names: Sequence[str]) -> list[bytes | None]:
+        """The unexpired payloads of ``names`` (one ``MGET`` per slot, one pipeline)."""
+        return self._fresh(self.guard.call(what, lambda: mget(self.client, names))) if names else []
 
     def put_many(self, namespace: str, values: Mapping[str, bytes], ttl_s: int) -> None:
         if not values:
@@ -101,8 +102,8 @@ class RedisFeatureStore:
         ]
 
     def get_user(self, user_id: str, names: Sequence[str]) -> tuple[SessionState | None, list[bytes | None]]:
-        keys = [self.keys.session(user_id)] + [self.keys.user_value(n, user_id) for n in names]
-        raws = self._fresh(self.guard.call("get_user", lambda: mget(self.client, keys)))  # one slot: one MGET
+        # One slot (the user's hash tag): one MGET.
+        raws = self._read("get_user", [self.keys.session(user_id)] + [self.keys.user_value(n, user_id) for n in names])
         return (None if raws[0] is None else SessionState.from_bytes(raws[0])), raws[1:]
 
     def put_user(self, user_id: str, values: Mapping[str, bytes], ttl_s: int) -> None:
@@ -116,10 +117,7 @@ class RedisFeatureStore:
         self.guard.call("put_user", pipe.execute)
 
     def get_user_values(self, name: str, user_ids: Sequence[str]) -> list[bytes | None]:
-        if not user_ids:
-            return []
-        keys = [self.keys.user_value(name, u) for u in user_ids]
-        return self._fresh(self.guard.call("get_user_values", lambda: mget(self.client, keys)))
+        return self._read("get_user_values", [self.keys.user_value(name, u) for u in user_ids])
 
     def add_counts(self, namespace: str, deltas: Mapping[str, int], ttl_s: int) -> None:
         """``INCRBY`` and ``PEXPIRE`` per counter, in one pipeline (counters are plain integers:
