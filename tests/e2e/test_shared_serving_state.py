@@ -5,11 +5,17 @@ the lists one server gives for the same sequence."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from conftest import fresh_client, patient_surfaces
+import httpx
+import pytest
+from test_redis_engine import wait_until
+from test_scale_out import Processes, backlog, server_ready
+
+from conftest import free_port, fresh_client, patient_surfaces
 from insession.clock import ManualClock
 from insession.config import Settings, SurfaceConfig
 from insession.datasets.synthetic import SyntheticShop
@@ -18,6 +24,7 @@ from insession.events import Event, EventType
 from insession.model import ModelBundle
 from insession.pipeline import RecommendRequest
 from insession.redis_backend import Keys, _hash_tag
+from insession.store.redis import RedisFeatureStore
 from insession.worker import StreamWorker
 
 PARTITIONS = 4
@@ -105,3 +112,74 @@ def test_a_users_serving_values_sit_in_the_slot_of_their_session() -> None:
     for user in ("u1", "a:b}{c", "ü" * 3):
         names = {keys.session(user), keys.user_value("shown", user), keys.user_value("kept", user)}
         assert len(names) == 3 and {_hash_tag(n) for n in names} == {f"s:{keys.user_partition(user)}"}
+
+
+CONFIG = """
+[surfaces.home]
+keep_top = 3
+keep_margin = 0.05
+max_new = 2
+freshness = "session"
+budget_ms = 60000
+degrade_p99_ms = 60000
+"""
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+def test_two_serve_processes_alternating_give_a_user_the_lists_one_server_gives(
+    redis_url: str, tmp_path: Path, model: ModelBundle, processes: Processes
+) -> None:
+    """Real ``insession serve`` processes on wall-clock time: user ``alt`` alternates between
+    servers A and B, user ``one`` (the same script, step by step at the same moments) only talks
+    to A; they get the same lists, churn and reuse."""
+    client = fresh_client(redis_url)
+    model_dir, config = tmp_path / "model", tmp_path / "insession.toml"
+    model.save(model_dir)
+    config.write_text(CONFIG)
+    ports = {}
+    for name in ("a", "b"):
+        ports[name] = free_port()
+        child = processes.start(
+            f"server-{name}",
+            *("serve", "--model", str(model_dir), "--store", redis_url, "--workers", "0", "--config", str(config)),
+            *("--port", str(ports[name]), "--data-dir", str(tmp_path / f"data-{name}")),
+        )
+        wait_until(server_ready(ports[name], child, processes, f"server-{name}"), timeout_s=60)
+    processes.start("worker", "worker", "--store", redis_url, "--name", "w", "--lease-ms", "1000")
+    a, b = (httpx.Client(base_url=f"http://127.0.0.1:{ports[n]}", timeout=30) for n in ("a", "b"))
+    store = RedisFeatureStore(client)
+    try:
+        folded = 0
+        for step in range(9):
+            lists = {}
+            for user, server in (("alt", (a, b)[step % 2]), ("one", a)):
+                got = server.post("/v1/recommendations", json={"user_id": user, "surface": "home", "k": 10})
+                assert got.status_code == 200, got.text
+                body = got.json()
+                assert (body["tier"], body["cut"], body["degraded"]) == ("full", [], None), body
+                lists[user] = ([i["item_id"] for i in body["items"]], body["churn"], body["cached"])
+            assert lists["alt"] == lists["one"], step
+            if step % 3 == 2:
+                continue  # no event: the kept list may be served again
+            now = int(time.time() * 1000)
+            for user, server in (("alt", (b, a)[step % 2]), ("one", a)):
+                item = lists[user][0][(step * 3) % 10]
+                event = {"event_id": f"{user}-{step}", "user_id": user, "type": "click", "item_id": item, "ts": now}
+                assert server.post("/v1/events", json={"events": [event]}).json()["accepted"] == 1
+            folded += 1
+
+            def caught_up(n: int = folded) -> bool:
+                states = [store.get_session(u) for u in ("alt", "one")]
+                return all(s is not None and s.session_version == n for s in states) and backlog(client) == 0
+
+            wait_until(caught_up, timeout_s=20)
+    finally:
+        a.close()
+        b.close()
+        client.close()
