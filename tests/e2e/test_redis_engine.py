@@ -286,9 +286,10 @@ def test_a_stalled_redis_costs_a_request_at_most_its_timeout(
 def test_a_request_reads_the_store_in_a_few_round_trips(
     redis_url: str, tmp_path: Path, model: ModelBundle, shop: SyntheticShop
 ) -> None:
-    """Without the L1 cache: one GET for the user's state, then the item activity and the online
-    co-visitation lists of the candidates, each one MGET per value partition sent as one pipeline
-    (one round trip per node involved)."""
+    """Without the L1 cache: one MGET for the user's state and the list they were shown last (one
+    slot), then the item activity and the online co-visitation lists of the candidates, each one
+    MGET per value partition sent as one pipeline (one round trip per node involved), and one SET
+    of the list shown (in the user's slot)."""
     client = fresh_client(redis_url)
     start = shop.events[-1].ts + 60_000
     settings = redis_settings(
@@ -302,9 +303,9 @@ def test_a_request_reads_the_store_in_a_few_round_trips(
     response = engine.recommend(RecommendRequest(user, "home", 10, {}, "counted", start + 1000))
     ran = command_counts(client) - before
     assert response.tier == "full" and response.session_version > 0
-    assert engine.guard.calls - calls == 3  # type: ignore[union-attr]  # the pipelines sent
-    assert ran["get"] == 1 and set(ran) == {"get", "mget"}, ran
-    assert ran["mget"] <= (2 if not redis_url.startswith("redis+cluster://") else 2 * PARTITIONS), ran
+    assert engine.guard.calls - calls == 4  # type: ignore[union-attr]  # the pipelines sent
+    assert ran["set"] == 1 and set(ran) == {"set", "mget"}, ran
+    assert ran["mget"] <= (3 if not redis_url.startswith("redis+cluster://") else 1 + 2 * PARTITIONS), ran
     engine.close()
 
 
