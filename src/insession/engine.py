@@ -48,6 +48,7 @@ from insession.log.redis_stream import RedisStreamEventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.manifest import REQUEST_LOG_FILE, Manifest, RequestLog, config_hash, seed_of
 from insession.model import ModelBundle
+from insession.model_swap import ModelSwap
 from insession.online import covisit
 from insession.online.bandit import BanditStats
 from insession.online.factors import for_model
@@ -246,6 +247,12 @@ class Engine:
         #: learns in the embedded engine only (on Redis it stays at the trained vectors).
         self.factors = for_model(model)
         self._restore_items()
+        #: Model hot swap (``model_swap.py``): the versions loaded, the one recorded as active.
+        self.models = ModelSwap(self, store, self.items, settings.model_dir)
+        try:
+            self.models.follow()
+        except StoreUnavailable as exc:
+            logger.error("model: could not read the active model version: %s", exc.message)
 
     def _restore_items(self) -> None:
         """The catalog changes made before a restart apply again, in the same order (so the model
@@ -585,6 +592,8 @@ class Engine:
         # Under the ingest lock: the state, the item activity the ranker reads and the log
         # position the manifest records all describe the same moment. (On Redis the position is
         # the user's last folded event: the partitions have no common one.)
+        if not self.folds_inline:
+            self.models.poll()  # another server may have swapped the model (one read a second)
         with self._lock:
             view = self.lists.read(req, surface)  # the session and the lists kept for it: one read
             state = view.state
@@ -671,7 +680,19 @@ class Engine:
                 "explain: needs the embedded event log (store = memory); on Redis the stream partitions "
                 "have no common position to replay to"
             )
-        return Explainer(self.model, self.settings, self.log, self.requests).explain(request_id)
+        model, _ = self.model_serving(request_id)
+        return Explainer(model, self.settings, self.log, self.requests).explain(request_id)
+
+    def model_serving(self, request_id: str) -> tuple[ModelBundle, Path | None]:
+        """The model (and its directory) that computed the list of ``request_id``: the one served
+        now, or one active before a swap (``model_swap.py``); the current one if unknown (explain
+        then says which version it needs)."""
+        served = self.requests.get(request_id) if self.requests is not None else None
+        if served is not None and served.cached_from is not None and self.requests is not None:
+            served = self.requests.get(served.cached_from) or served
+        version = served.model_version if served is not None else self.model.version
+        model = self.models.model_for(version) or self.model
+        return model, self.models.directory(model.version) or self.settings.model_dir
 
     def _intent(self, req: RecommendRequest, state: SessionState | None) -> npt.NDArray[np.float32]:
         """The current session embedding, for deciding whether a kept list still fits."""

@@ -340,7 +340,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         check_key(request.headers, settings.read_keys, "read recommendations and explanations")
         with explaining.enter():
             if apart is not None:
-                return await asyncio.to_thread(apart.explain, request_id, engine.model)
+                return await asyncio.to_thread(apart.explain, request_id, *engine.model_serving(request_id))
             return (await asyncio.to_thread(engine.explain, request_id)).to_dict()
 
     @app.get("/healthz", response_model=None, responses={200: {"model": schemas.Health}})
