@@ -28,9 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from insession.config import Settings
 from insession.errors import FieldError, ModelError, NotFound, ValidationError
 from insession.log.items import ItemLog
 from insession.model import ModelBundle
+from insession.online.factors import OnlineFactors, for_model
+from insession.pipeline import Recommender
 from insession.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -49,12 +52,13 @@ def trained_version(version: str) -> str:
 
 
 class Adopter(Protocol):
-    """What the swap needs of the engine: its lock, its current model and how it adopts one."""
+    """What the swap replaces in the engine, under the engine's lock."""
 
     _lock: threading.Lock
+    settings: Settings
     model: ModelBundle
-
-    def _adopt(self, model: ModelBundle) -> None: ...
+    recommender: Recommender
+    factors: OnlineFactors | None
 
 
 class ModelSwap:
@@ -115,10 +119,16 @@ class ModelSwap:
             model, directory = self._target(path, version)
             changes = self.items.read()  # the catalog changes made while serving apply to every line
             model = model.with_items(changes) if changes else model
+            # Built before the switch (the ranker, the indexes): requests are served meanwhile.
+            settings = self.engine.settings
+            recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
             with self.engine._lock:
                 old = self.engine.model
                 self.loaded[trained_version(old.version)] = (old, self.directory(old.version))
-                self.engine._adopt(model)
+                self.engine.model, self.engine.recommender = model, recommender
+                # The online factor model belongs to a trained model: it starts again from the new
+                # one's vectors (off by default; see docs/operations.md).
+                self.engine.factors = for_model(model)
                 base = trained_version(model.version)
                 self.loaded.pop(base, None)
                 self.loaded[base] = (model, directory)
