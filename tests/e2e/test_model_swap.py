@@ -13,11 +13,13 @@ from typing import Any
 
 import httpx
 
+from conftest import fresh_client, patient_surfaces
 from insession.clock import ManualClock
 from insession.config import Settings
 from insession.datasets.synthetic import SyntheticShop
 from insession.engine import Engine
 from insession.model import ModelBundle
+from insession.pipeline import RecommendRequest
 from insession.serving.app import create_app
 from insession.serving.server import BackgroundServer
 
@@ -114,3 +116,37 @@ def wait_for(check: Any, timeout_s: float = 120.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_on_redis_every_server_follows_a_swap_and_a_restart_serves_the_active_version(
+    redis_url: str, tmp_path: Path, model: ModelBundle, shop: SyntheticShop
+) -> None:
+    """Server A swaps; server B (another engine on the same Redis) reads the recorded version
+    within a second, loads it off the request path and serves it; a server started afterwards
+    serves it from the start."""
+    client = fresh_client(redis_url)
+    first, second = tmp_path / "model-1", tmp_path / "model-2"
+    model.save(first)
+    other = replace(model, ranker=None, version="")
+    other.save(second)
+    settings = Settings(
+        data_dir=tmp_path / "a", model_dir=first, store=redis_url, surfaces=patient_surfaces(), store_timeout_ms=5000.0
+    )
+    a = Engine.open(settings)
+    b = Engine.open(settings.with_(data_dir=tmp_path / "b"))
+    a.models.swap(path=second)
+    assert a.model.version == other.version and b.model.version == model.version
+
+    def b_serves_the_new_model() -> bool:
+        response = b.recommend(RecommendRequest("u-follow", "home", 10))
+        assert response.degraded is None
+        return response.model_version == other.version
+
+    wait_for(b_serves_the_new_model, timeout_s=60)
+    c = Engine.open(settings.with_(data_dir=tmp_path / "c"))
+    assert c.model.version == other.version
+    b.models.swap(version="previous")  # restored from B: A follows
+    wait_for(lambda: a.recommend(RecommendRequest("u-follow", "home", 10)).model_version == model.version, 60)
+    for engine in (a, b, c):
+        engine.close()
+    client.close()
