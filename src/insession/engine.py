@@ -467,7 +467,12 @@ class Engine:
 
     def _ingest_valid(self, events: Sequence[Event]) -> AppendResult:
         if not self.folds_inline:
+            # The same refusal of late events as embedded, against the state the workers folded
+            # (an event that races a newer one still in the stream is skipped by the worker).
+            events, refused = self._admit(events)
             appended = self.log.append(events)
+            if refused:
+                appended = replace(appended, refused=refused)
             try:
                 self._credit([e for _, e in appended.accepted])
             except StoreUnavailable as exc:  # the events are stored: only exploration feedback is lost

@@ -183,3 +183,37 @@ def test_two_serve_processes_alternating_give_a_user_the_lists_one_server_gives(
         a.close()
         b.close()
         client.close()
+
+
+def test_late_events_are_refused_on_redis_as_embedded_and_a_racing_one_is_not_folded(
+    redis_url: str, tmp_path: Path, model: ModelBundle, shop: SyntheticShop
+) -> None:
+    client = fresh_client(redis_url)
+    start = shop.events[-1].ts + 60_000
+    clock = ManualClock(start)
+    settings = Settings(data_dir=tmp_path / "r", store=redis_url, stream_partitions=PARTITIONS)
+    on_redis = Engine.on_redis(settings, model, clock)
+    embedded = Engine.open(Settings(data_dir=tmp_path / "m"), model=model, clock=clock)
+    worker = StreamWorker(client, settings, clock=clock)
+    item = model.catalog.items[0].item_id
+    hour = 3_600_000
+    newest = Event("n-1", "late-user", EventType.CLICK, start, item)
+    late = Event("n-0", "late-user", EventType.CLICK, start - 2 * hour, item)  # beyond allowed lateness
+    for engine in (on_redis, embedded):
+        assert len(engine.ingest([newest]).accepted) == 1
+    worker.drain()
+    refusals = [engine.ingest([late]).refused for engine in (on_redis, embedded)]
+    assert refusals[0] == refusals[1] and refusals[0][0][1][0].field == "ts", refusals
+    # An event admitted before the newer one was folded (two servers, one behind) reaches the
+    # stream; the worker skips it, so the user's state is the embedded one.
+    racing = Event("n-2", "racer", EventType.CLICK, start - 2 * hour, item)
+    first = Event("n-3", "racer", EventType.CLICK, start, item)
+    assert len(on_redis.log.append([first, racing]).accepted) == 2
+    embedded.ingest([first, racing])
+    worker.drain()
+    assert worker.stats.late == 1
+    got, want = on_redis.state("racer"), embedded.state("racer")
+    assert got is not None and want is not None and replace(got, log_position=0) == replace(want, log_position=0)
+    embedded.close()
+    on_redis.close()
+    client.close()
