@@ -607,7 +607,7 @@ class Engine:
             else:
                 position = state.log_position if state is not None else 0
             previous = self.lists.previous(view, req)
-            kept = self.lists.lookup(view, surface, req, lambda: self._intent(req, state))
+            kept = self.lists.lookup(view, surface, req, lambda: self._intent(req, state), self.model.version)
             tier = self.tiers.tier(req.surface)
             if kept is None:
                 response = self.recommender.recommend(

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from insession.config import SurfaceConfig
+from insession.model_swap import trained_version
 from insession.pipeline import RecommendedItem, RecommendRequest, RecommendResponse
 from insession.sessions import SessionState
 from insession.store import FeatureStore
@@ -182,14 +183,18 @@ class ServingLists:
         surface: SurfaceConfig,
         req: RecommendRequest,
         intent: Callable[[], npt.NDArray[np.float32]],
+        model_version: str,
     ) -> Entry | None:
-        """The kept list for this request if the surface's freshness lets it be served again;
-        ``intent`` (the current session embedding) is computed only when the decision needs it."""
+        """The kept list for this request if the surface's freshness lets it be served again and
+        the trained model serving now (``model_version``) computed it; ``intent`` (the current
+        session embedding) is computed only when the decision needs it."""
         if surface.freshness == "realtime":
             return None
         raw = view.kept.get(_key_text(req))
         entry = None if raw is None else decode_entry(raw)
-        return entry if entry is not None and _usable(entry, surface, req, view.state, intent) else None
+        if entry is None or trained_version(entry.response.model_version) != trained_version(model_version):
+            return None  # another model swapped in: its lists are computed again
+        return entry if _usable(entry, surface, req, view.state, intent) else None
 
     def record(
         self,
