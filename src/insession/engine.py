@@ -504,12 +504,13 @@ class Engine:
         (``sessions.lateness``); a refused event the log already holds is let through, so the log
         reports it as the duplicate it is."""
         cfg = self.settings.session
-        markers: dict[str, SessionState | None] = {}
+        users = list(dict.fromkeys(e.user_id for e in events))
+        markers: dict[str, SessionState | None] = dict(zip(users, self.store.get_sessions(users), strict=True))
         kept: list[Event] = []
         late: list[tuple[int, Event, FieldError]] = []
         for n, event in enumerate(events):
             user = event.user_id
-            marker = markers[user] if user in markers else self.store.get_session(user)
+            marker = markers[user]
             reason = lateness(marker, event, cfg)
             if reason is None:
                 kept.append(event)

@@ -129,6 +129,8 @@ def mget(client: Any, keys: Sequence[str]) -> list[Any]:
     by_slot: dict[int, list[int]] = {}
     for idx in by_tag.values():
         by_slot.setdefault(client.keyslot(keys[idx[0]]), []).extend(idx)
+    if len(by_slot) == 1:  # one slot (a user's keys): a plain MGET, without the pipeline's retries
+        return list(client.mget(list(keys)))
     pipe = client.pipeline(transaction=False)
     for idx in by_slot.values():
         queue(pipe, keys[idx[0]], "MGET", *[keys[n] for n in idx])

@@ -20,6 +20,10 @@ class FeatureStore(Protocol):
         """The live state of ``user_id``, or ``None`` if absent or expired."""
         ...
 
+    def get_sessions(self, user_ids: Sequence[str]) -> list[SessionState | None]:
+        """The live state of each of ``user_ids`` (``None`` where absent or expired), in one read."""
+        ...
+
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         """Store ``state`` for ``ttl_s`` seconds of processing time."""
         ...

@@ -54,6 +54,9 @@ class CachedStore:
     def get_session(self, user_id: str) -> SessionState | None:
         return self.inner.get_session(user_id)
 
+    def get_sessions(self, user_ids: Sequence[str]) -> list[SessionState | None]:
+        return self.inner.get_sessions(user_ids)
+
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         self.inner.put_session(user_id, state, ttl_s)
 

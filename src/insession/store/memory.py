@@ -46,6 +46,9 @@ class MemoryFeatureStore:
             return None
         return state
 
+    def get_sessions(self, user_ids: Sequence[str]) -> list[SessionState | None]:
+        return [self.get_session(u) for u in user_ids]
+
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         self._sessions[user_id] = (state, self._clock.now_ms() + ttl_s * 1000)
 

@@ -72,6 +72,10 @@ class RedisFeatureStore:
         raw = self.unwrap(self.guard.call("get_session", lambda: self.client.get(self.keys.session(user_id))))
         return None if raw is None else SessionState.from_bytes(raw)
 
+    def get_sessions(self, user_ids: Sequence[str]) -> list[SessionState | None]:
+        raws = self._read("get_sessions", [self.keys.session(u) for u in user_ids])
+        return [None if raw is None else SessionState.from_bytes(raw) for raw in raws]
+
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         value, px = self.wrap(state.to_bytes(), ttl_s)
         self.guard.call("put_session", lambda: self.client.set(self.keys.session(user_id), value, px=px))
