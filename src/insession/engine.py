@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from insession.explain import Explainer, Explanation
 from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemActivity
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.profile import build_profile
-from insession.fold import FoldStats, fold_event
+from insession.fold import FoldBatch, FoldStats
 from insession.freshness import ServingLists
 from insession.log import AppendResult, EventLog
 from insession.log.items import ITEMS_FILE, FileItemLog, ItemLog, StoreItemLog
@@ -76,6 +76,19 @@ PURGE_EVERY_MS = 60_000
 CONTEXT_READ = ("item_id", "page", "device")
 #: After a snapshot fails (disk full, read-only directory) the next one is tried this much later.
 SNAPSHOT_RETRY_S = 30.0
+#: Events folded as one batch on start (``catch_up``): bounds what a batch keeps decoded.
+CATCH_UP_BATCH = 5000
+
+
+def _pages(pairs: Iterable[tuple[int, Event]], size: int) -> Iterator[list[tuple[int, Event]]]:
+    page: list[tuple[int, Event]] = []
+    for pair in pairs:
+        page.append(pair)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 class DataDirHealth:
@@ -407,29 +420,46 @@ class Engine:
             last = self.log.last_position()
             n = 0
             fresh: list[Event] = []
-            for position, event in self.log.read(after=start):
-                self._apply(position, event)
+
+            def each(position: int, event: Event) -> None:
+                nonlocal n
                 if event.item_id is not None and event.item_id not in self.model.catalog.index:
                     fresh.append(event)
                 n += 1
                 if progress is not None and n % 5000 == 0:
                     progress(position - start, last - start)
+
+            for page in _pages(self.log.read(after=start), CATCH_UP_BATCH):
+                self._fold_all(page, each)
             self._join_items(fresh)
             return n
 
-    def _apply(self, position: int, event: Event) -> SessionState:
-        state = fold_event(
+    def _folder(self) -> FoldBatch:
+        """A batch fold into the store (``fold.FoldBatch``): each user's state read once, every
+        change written back once when it is flushed."""
+        return FoldBatch(
             self.store,
-            position,
-            event,
             self.settings.session,
             self.settings.state_ttl_s,
             self.fold_stats,
             self.settings.learn_online,
             self.factors.add_ids if self.settings.learn_online and self.factors is not None else None,
         )
-        self.store.set_applied_position(position)
-        return state
+
+    def _fold_all(self, accepted: Iterable[tuple[int, Event]], each: Callable[[int, Event], object]) -> None:
+        """Fold ``accepted`` (log order) as one batch, calling ``each`` after each event; what was
+        folded is written to the store and the applied position even if a later event raises."""
+        batch = self._folder()
+        last = 0
+        try:
+            for position, event in accepted:
+                batch.fold(position, event)
+                last = position
+                each(position, event)
+        finally:
+            batch.flush()
+            if last:
+                self.store.set_applied_position(last)
 
     def activity(self, item_ids: Sequence[str]) -> list[ItemActivity | None]:
         """Live item activity from the store (what the ranker's streaming item features read)."""
@@ -488,8 +518,7 @@ class Engine:
             self.disk.error = None
             if refused:
                 result = replace(result, refused=refused)
-            for position, event in result.accepted:
-                self._apply(position, event)
+            self._fold_all(result.accepted, lambda _, __: None)
             self._credit([e for _, e in result.accepted])
             self._join_items(e for _, e in result.accepted)
             self._since_snapshot += len(result.accepted)

@@ -82,6 +82,9 @@ class ModelBundle:
     known_categories: dict[int, npt.NDArray[np.int64]] | None = field(default=None, repr=False, compare=False)
     #: The buffer ``embeddings`` is a prefix of, shared with the versions ``with_items`` derives.
     rows: _Rows | None = field(default=None, repr=False, compare=False)
+    #: The directory it was loaded from (``load``), where derived files such as the compiled ranker
+    #: are kept; ``None`` for a model trained in this process.
+    directory: Path | None = field(default=None, repr=False, compare=False)
     popular_order: npt.NDArray[np.int64] = field(init=False)
     category_items: dict[int, npt.NDArray[np.int64]] = field(init=False)
 
@@ -295,6 +298,7 @@ class ModelBundle:
             params=json.loads(files["params.json"]),
             stats=manifest.get("stats", {}),
             version=manifest["version"],
+            directory=directory,
         )
         return bundle
 

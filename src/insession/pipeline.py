@@ -239,7 +239,7 @@ class Recommender:
         self.simple = SimpleScorer()
         self.adopt(model)
         self.learned = (
-            LearnedScorer(model.ranker, model.params.get("ranker", {}).get("features", ()))
+            LearnedScorer(model.ranker, model.params.get("ranker", {}).get("features", ()), model.directory)
             if model.ranker is not None
             else None
         )
