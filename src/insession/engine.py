@@ -41,13 +41,14 @@ from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemA
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.profile import build_profile
 from insession.fold import FoldBatch, FoldStats
-from insession.freshness import ListCache, ShownLists
+from insession.freshness import ServingLists
 from insession.log import AppendResult, EventLog
 from insession.log.items import ITEMS_FILE, FileItemLog, ItemLog, StoreItemLog
 from insession.log.redis_stream import RedisStreamEventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.manifest import REQUEST_LOG_FILE, Manifest, RequestLog, config_hash, seed_of
 from insession.model import ModelBundle
+from insession.model_swap import ModelSwap
 from insession.online import covisit
 from insession.online.bandit import BanditStats
 from insession.online.factors import for_model
@@ -236,10 +237,12 @@ class Engine:
         self.snapshot_path = snapshot_path
         self.recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
         self.tiers = TierMonitor(settings.surfaces)
-        self.lists = ListCache()
-        self.shown = ShownLists()
-        #: Exploration feedback: impressions of served lists, clicks on shown items (this process).
-        self.bandit = BanditStats()
+        #: The lists each user was shown and the lists kept for reuse, in the store (every server's).
+        self.lists = ServingLists(store, settings.state_ttl_s)
+        #: Exploration feedback: impressions of served lists, clicks on shown items (in the store),
+        #: counted while a surface explores.
+        self.bandit = BanditStats(store)
+        self.exploring = any(s.explore_share > 0 for s in settings.surfaces.values())
         self._lock = threading.Lock()
         self._decoder = ActivityDecoder()
         #: Events the guard rail kept out of item activity (folded here; on Redis, by the workers).
@@ -257,6 +260,12 @@ class Engine:
         #: learns in the embedded engine only (on Redis it stays at the trained vectors).
         self.factors = for_model(model)
         self._restore_items()
+        #: Model hot swap (``model_swap.py``): the versions loaded, the one recorded as active.
+        self.models = ModelSwap(self, store, self.items, settings.model_dir)
+        try:
+            self.models.follow()
+        except StoreUnavailable as exc:
+            logger.error("model: could not read the active model version: %s", exc.message)
 
     def _restore_items(self) -> None:
         """The catalog changes made before a restart apply again, in the same order (so the model
@@ -458,11 +467,13 @@ class Engine:
         raws = self.store.get_many(ACTIVITY_NAMESPACE, item_ids)
         return [None if raw is None else decode(item, raw) for item, raw in zip(item_ids, raws, strict=True)]
 
-    def _credit(self, event: Event) -> None:
-        """A click for exploration when the user acts on an item of a list they were shown last."""
-        item = event.item_id
-        if item is not None and event.type in ACTIVITY_WEIGHTS and item in self.shown.shown_to(event.user_id):
-            self.bandit.clicked(item)
+    def _credit(self, events: Sequence[Event]) -> None:
+        """A click for exploration when the user acts on an item of a list they were shown last
+        (one read of the users' shown lists, one write of the counts)."""
+        acted = [e for e in events if e.item_id is not None and e.type in ACTIVITY_WEIGHTS] if self.exploring else []
+        if acted:
+            shown = self.lists.shown_to(sorted({e.user_id for e in acted}))
+            self.bandit.clicked([e.item_id for e in acted if e.item_id in shown[e.user_id]])
 
     def neighbours(self, item_ids: Sequence[str]) -> list[covisit.Neighbours | None]:
         """The online co-visitation lists of items from the store (``online.covisit``)."""
@@ -486,7 +497,17 @@ class Engine:
 
     def _ingest_valid(self, events: Sequence[Event]) -> AppendResult:
         if not self.folds_inline:
-            return self.log.append(events)
+            # The same refusal of late events as embedded, against the state the workers folded
+            # (an event that races a newer one still in the stream is skipped by the worker).
+            events, refused = self._admit(events)
+            appended = self.log.append(events)
+            if refused:
+                appended = replace(appended, refused=refused)
+            try:
+                self._credit([e for _, e in appended.accepted])
+            except StoreUnavailable as exc:  # the events are stored: only exploration feedback is lost
+                logger.warning("exploration clicks not counted: %s", exc.message)
+            return appended
         with self._lock:
             events, refused = self._admit(events)
             try:
@@ -497,7 +518,8 @@ class Engine:
             self.disk.error = None
             if refused:
                 result = replace(result, refused=refused)
-            self._fold_all(result.accepted, lambda _, event: self._credit(event))
+            self._fold_all(result.accepted, lambda _, __: None)
+            self._credit([e for _, e in result.accepted])
             self._join_items(e for _, e in result.accepted)
             self._since_snapshot += len(result.accepted)
             self._purge_locked()
@@ -511,12 +533,13 @@ class Engine:
         (``sessions.lateness``); a refused event the log already holds is let through, so the log
         reports it as the duplicate it is."""
         cfg = self.settings.session
-        markers: dict[str, SessionState | None] = {}
+        users = list(dict.fromkeys(e.user_id for e in events))
+        markers: dict[str, SessionState | None] = dict(zip(users, self.store.get_sessions(users), strict=True))
         kept: list[Event] = []
         late: list[tuple[int, Event, FieldError]] = []
         for n, event in enumerate(events):
             user = event.user_id
-            marker = markers[user] if user in markers else self.store.get_session(user)
+            marker = markers[user]
             reason = lateness(marker, event, cfg)
             if reason is None:
                 kept.append(event)
@@ -604,14 +627,17 @@ class Engine:
         # Under the ingest lock: the state, the item activity the ranker reads and the log
         # position the manifest records all describe the same moment. (On Redis the position is
         # the user's last folded event: the partitions have no common one.)
+        if not self.folds_inline:
+            self.models.poll()  # another server may have swapped the model (one read a second)
         with self._lock:
-            state = self.store.get_session(req.user_id)
+            view = self.lists.read(req, surface)  # the session and the lists kept for it: one read
+            state = view.state
             if self.folds_inline:
                 position = self.store.applied_position()
             else:
                 position = state.log_position if state is not None else 0
-            previous = self.shown.previous(req, state)
-            kept = self.lists.lookup(surface, req, state, lambda: self._intent(req, state))
+            previous = self.lists.previous(view, req)
+            kept = self.lists.lookup(view, surface, req, lambda: self._intent(req, state), self.model.version)
             tier = self.tiers.tier(req.surface)
             if kept is None:
                 response = self.recommender.recommend(
@@ -634,11 +660,11 @@ class Engine:
                 timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)},
             )
         else:
-            self.lists.store(surface, req, state, response.intent, response)
             self.tiers.record(req.surface, (time.perf_counter() - started) * 1000)
         ids = [i.item_id for i in response.items]
-        self.shown.remember(req, state, ids)
-        self.bandit.shown(ids)
+        self.lists.record(view, surface, req, ids, response if kept is None else None)
+        if self.exploring:
+            self.bandit.shown(ids)
         if self.requests is not None:
             origin = kept.response.request_id if kept is not None else None
             self.requests.write(self._manifest(req, state, position, tier, previous, response, origin))
@@ -689,7 +715,19 @@ class Engine:
                 "explain: needs the embedded event log (store = memory); on Redis the stream partitions "
                 "have no common position to replay to"
             )
-        return Explainer(self.model, self.settings, self.log, self.requests).explain(request_id)
+        model, _ = self.model_serving(request_id)
+        return Explainer(model, self.settings, self.log, self.requests).explain(request_id)
+
+    def model_serving(self, request_id: str) -> tuple[ModelBundle, Path | None]:
+        """The model (and its directory) that computed the list of ``request_id``: the one served
+        now, or one active before a swap (``model_swap.py``); the current one if unknown (explain
+        then says which version it needs)."""
+        served = self.requests.get(request_id) if self.requests is not None else None
+        if served is not None and served.cached_from is not None and self.requests is not None:
+            served = self.requests.get(served.cached_from) or served
+        version = served.model_version if served is not None else self.model.version
+        model = self.models.model_for(version) or self.model
+        return model, self.models.directory(model.version) or self.settings.model_dir
 
     def _intent(self, req: RecommendRequest, state: SessionState | None) -> npt.NDArray[np.float32]:
         """The current session embedding, for deciding whether a kept list still fits."""
@@ -703,17 +741,15 @@ class Engine:
             return self._snapshot_locked()
 
     def _purge_locked(self) -> None:
-        """Drop the embedded store's expired state (users past ``state_ttl_s``), and the lists those
-        users were shown, once a minute, so memory follows the live users rather than every user
-        ever seen (Redis expires keys itself)."""
+        """Drop the embedded store's expired state (users past ``state_ttl_s``, with the lists they
+        were shown), once a minute, so memory follows the live users rather than every user ever
+        seen (Redis expires keys itself)."""
         now = self.clock.now_ms()
         if now - self._purged_at >= PURGE_EVERY_MS and isinstance(self.store, MemoryFeatureStore):
             self._purged_at = now
             removed = self.store.purge_expired()
-            live = set(self.store.users())
-            lists = self.shown.forget_except(live) + self.lists.forget_except(live)
-            if removed or lists:
-                logger.info("dropped %d expired store entries and %d lists of expired users", removed, lists)
+            if removed:
+                logger.info("dropped %d expired store entries", removed)
 
     def _snapshot_locked(self) -> bool:
         """Write the state snapshot; on failure (disk full, read-only directory) log and count it,

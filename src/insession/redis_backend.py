@@ -129,6 +129,8 @@ def mget(client: Any, keys: Sequence[str]) -> list[Any]:
     by_slot: dict[int, list[int]] = {}
     for idx in by_tag.values():
         by_slot.setdefault(client.keyslot(keys[idx[0]]), []).extend(idx)
+    if len(by_slot) == 1:  # one slot (a user's keys): a plain MGET, without the pipeline's retries
+        return list(client.mget(list(keys)))
     pipe = client.pipeline(transaction=False)
     for idx in by_slot.values():
         queue(pipe, keys[idx[0]], "MGET", *[keys[n] for n in idx])
@@ -198,6 +200,12 @@ class Keys:
     # -- user partition {s:<p>} ---------------------------------------------------------------
     def session(self, user_id: str) -> str:
         return f"{self.prefix}:{{s:{self.user_partition(user_id)}}}:u:{user_id}"
+
+    def user_value(self, name: str, user_id: str) -> str:
+        """A serving value of a user (``name``: ``shown``, ``kept``), in the slot of the user's
+        session, so one ``MGET`` reads both. (The name comes before the user id, so no user id,
+        whatever it holds, makes one user's key another's.)"""
+        return f"{self.prefix}:{{s:{self.user_partition(user_id)}}}:uv:{name}:{user_id}"
 
     def stream(self, partition: int) -> str:
         return f"{self.prefix}:{{s:{partition}}}:events"

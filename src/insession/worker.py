@@ -61,7 +61,7 @@ from insession.fold import ItemEffects, apply_item_effects, item_effects
 from insession.log.redis_stream import decode_entry, entry_id_of, position_of
 from insession.online import covisit
 from insession.redis_backend import Keys, RedisGuard, is_cluster, queue, redis_errors, run_script
-from insession.sessions import SessionState, apply
+from insession.sessions import SessionState, apply, lateness
 from insession.store.memory import MemoryFeatureStore
 from insession.store.redis import RedisFeatureStore
 
@@ -182,6 +182,9 @@ class WorkerStats:
     lost_leases: int = 0
     #: Events over their user's share of an item, kept out of item activity (the guard rail).
     capped: int = 0
+    #: Events skipped as too late for their user's state (a server admitted them before the
+    #: user's newer events were folded; the embedded engine refuses them).
+    late: int = 0
     #: Outbox entries folded into item state, and the item commits that did it.
     item_entries: int = 0
     item_batches: int = 0
@@ -403,26 +406,32 @@ class StreamWorker:
                 for u, r in zip(users[p], raws, strict=True)
                 if (b := self.store.unwrap(r))
             }
-            outboxes, n_capped = self._fold_batch(batches[p], states)
-            capped.append(n_capped)
+            outboxes, n_capped, n_late = self._fold_batch(batches[p], states)
+            capped.append((n_capped, n_late))
             self._stage_commit(commit, p, read[p], batches[p][-1][0], states, outboxes)
         done: dict[int, bool] = {}
-        for p, ok, n_capped in zip(order, self._call("commit users", commit), capped, strict=True):
+        for p, ok, (n_capped, n_late) in zip(order, self._call("commit users", commit), capped, strict=True):
             done[p] = bool(ok)
             if ok:
                 self.stats.capped += n_capped
+                self.stats.late += n_late
         return done
 
     def _fold_batch(
         self, batch: list[tuple[int, Event]], states: dict[str, SessionState]
-    ) -> tuple[dict[int, list[ItemEffects]], int]:
-        """Fold ``batch`` into ``states`` (in place); returns the item effects by value partition
-        and how many events the guard rail kept out of item state."""
+    ) -> tuple[dict[int, list[ItemEffects]], int, int]:
+        """Fold ``batch`` into ``states`` (in place); returns the item effects by value partition,
+        how many events the guard rail kept out of item state and how many were skipped as late."""
         cfg, learn = self.settings.session, self.settings.learn_online
         outboxes: dict[int, list[ItemEffects]] = {}
-        capped = 0
+        capped = late = 0
         for position, event in batch:
             old = states.get(event.user_id)
+            if lateness(old, event, cfg) is not None:
+                # Admitted by a server before the user's newer events were folded: skipped, as the
+                # embedded engine refuses it, so both folds reach the same state.
+                late += 1
+                continue
             states[event.user_id] = apply(old, event, cfg, position)
             effects = item_effects(old, event, cfg, learn)
             if effects is None:
@@ -437,7 +446,7 @@ class StreamWorker:
                 part = effects.only(partial(self._in_value_partition, q))
                 if part is not None:
                     outboxes.setdefault(q, []).append(part)
-        return outboxes, capped
+        return outboxes, capped, late
 
     def _in_value_partition(self, q: int, key: str) -> bool:
         return self.keys.value_partition(key) == q

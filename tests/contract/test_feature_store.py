@@ -129,3 +129,35 @@ def test_get_many_of_hundreds_of_keys_keeps_their_order(store: FeatureStore) -> 
     store.put_many("item_activity", values, ttl_s=60)
     asked = [f"item-{n}" for n in range(600)][::-1]
     assert store.get_many("item_activity", asked) == [values.get(k) for k in asked]
+
+
+def test_user_values_are_read_with_the_session_and_expire(store: FeatureStore, clock: ManualClock) -> None:
+    assert store.get_user("u1", ["shown", "kept"]) == (None, [None, None])
+    store.put_session("u1", state(), ttl_s=60)
+    store.put_user("u1", {"shown": b"a", "kept": b"b"}, ttl_s=30)
+    store.put_user("u2", {"shown": b"c"}, ttl_s=90)
+    assert store.get_user("u1", ["kept", "shown"]) == (state(), [b"b", b"a"])
+    assert store.get_user_values("shown", ["u2", "u1", "u3"]) == [b"c", b"a", None]
+    clock.advance(30_000)
+    assert store.get_user("u1", ["shown"]) == (state(), [None])
+    assert store.get_user_values("shown", ["u2"]) == [b"c"]
+
+
+def test_counts_add_up_and_expire(store: FeatureStore, clock: ManualClock) -> None:
+    store.add_counts("bandit", {"a|n": 2, "b|n": 1}, ttl_s=60)
+    store.add_counts("bandit", {"a|n": 3}, ttl_s=60)
+    assert store.get_counts("bandit", ["a|n", "b|n", "c|n"]) == [5, 1, 0]
+    if isinstance(store, MemoryFeatureStore):  # Redis expires counters by its own clock (PEXPIRE)
+        clock.advance(60_000)
+        assert store.get_counts("bandit", ["a|n"]) == [0]
+
+
+def test_user_values_survive_a_snapshot(tmp_path: Path, clock: ManualClock) -> None:
+    store = MemoryFeatureStore(clock)
+    store.put_user("u1", {"shown": b"\x00list"}, ttl_s=60)
+    store.add_counts("bandit", {"a|n": 2}, ttl_s=60)
+    store.snapshot(tmp_path / "s")
+    again = MemoryFeatureStore(clock)
+    again.load(tmp_path / "s")
+    assert again.get_user_values("shown", ["u1"]) == [b"\x00list"]
+    assert again.get_counts("bandit", ["a|n"]) == [2]

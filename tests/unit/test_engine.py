@@ -104,9 +104,9 @@ def test_expired_users_leave_memory(settings: Settings, model: ModelBundle, cloc
     assert len(engine.store._sessions) == 50  # type: ignore[attr-defined]
     for n in range(5):
         engine.recommend(RecommendRequest(f"old-{n}", "home", 5, {}, f"r{n}", clock.now_ms()))
-    assert len(engine.shown) == 5
+    assert engine.store.user_values() == 5  # type: ignore[attr-defined]
     clock.advance(3 * 60_000)  # past the TTL and the purge interval
     engine.ingest_raw([{"event_id": "new", "user_id": "new", "type": "click", "item_id": "i00001", "ts": ts + 1}])
     assert list(engine.store._sessions) == ["new"]  # type: ignore[attr-defined]
-    assert len(engine.shown) == 0  # nor what they were shown
+    assert engine.store.user_values() == 0  # type: ignore[attr-defined]  # nor what they were shown
     engine.log.close()

@@ -14,6 +14,7 @@ from insession.events import Event, EventType
 from insession.model import ModelBundle
 from insession.online import bandit
 from insession.pipeline import RecommendRequest
+from insession.store.memory import MemoryFeatureStore
 
 
 def test_thompson_choice_is_reproducible_from_the_seed_and_learns_from_clicks() -> None:
@@ -26,11 +27,15 @@ def test_thompson_choice_is_reproducible_from_the_seed_and_learns_from_clicks() 
     counts = [(200, 0)] * 19 + [(200, 100)]
     wins = sum("i19" in bandit.choose(pool, counts, 1, seed=s) for s in range(200))
     assert wins >= 190
-    stats = bandit.BanditStats(max_items=3)
-    stats.shown(["a", "b", "c", "d"])
-    stats.clicked("d")
-    stats.clicked("x")  # never shown: no click counted
-    assert stats.counts(["a", "d", "x"]) == [(0, 0), (1, 1), (0, 0)]  # "a" evicted (bounded)
+    clock = ManualClock()
+    stats = bandit.BanditStats(MemoryFeatureStore(clock), ttl_s=60)
+    stats.shown(["a", "b", "c", "d", "d"])
+    clock.advance(30_000)
+    stats.shown(["d"])
+    stats.clicked(["d", "x"])  # "x" never shown: no click counted
+    assert stats.counts(["a", "d", "x"]) == [(1, 0), (3, 1), (0, 0)]
+    clock.advance(30_000)
+    assert stats.counts(["a", "d"]) == [(0, 0), (3, 1)]  # "a" expired (bounded); "d" lives on
 
 
 def exploring(tmp_path: Path, model: ModelBundle, clock: ManualClock, share: float) -> Engine:

@@ -10,7 +10,8 @@ stops being drawn.
 
 Feedback is item-level: an impression per item per served list, a click when the user acts on
 (views, clicks, carts or buys) an item shown to them in their current session. The counts are
-kept per server process (``BanditStats``), bounded in size.
+counters in the feature store (``BanditStats``), shared by every server on Redis, and expire a
+while after they last changed.
 
 The draw is seeded from the request's seed (``manifest.seed_of``: request id and session
 version), so the same counts give the same choice; the counts change with every request, so a
@@ -20,47 +21,49 @@ served request's explored items are recorded in its manifest and ``explain`` rep
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
+
+from insession.store import FeatureStore
 
 #: How many next-best candidates the bandit draws from.
 POOL = 50
 
 
+#: The counters' namespace in the feature store: ``<item>|n`` impressions, ``<item>|c`` clicks.
+NAMESPACE = "bandit"
+#: An item's counts live this long after its last impression or click (30 days).
+TTL_S = 30 * 24 * 3600
+
+
 class BanditStats:
-    """Impressions and clicks per item, for the items touched most recently (bounded)."""
+    """Impressions and clicks per item, as counters in the feature store (``add_counts``), so
+    every server draws from the same counts; each item's counts expire ``ttl_s`` after they
+    last changed (bounded)."""
 
-    def __init__(self, max_items: int = 200_000) -> None:
-        self.max_items = max_items
-        self._counts: OrderedDict[str, list[int]] = OrderedDict()  # item -> [impressions, clicks]
-        self._lock = threading.Lock()
-
-    def _entry(self, item: str) -> list[int]:
-        found = self._counts.get(item)
-        if found is None:
-            found = self._counts[item] = [0, 0]
-            while len(self._counts) > self.max_items:
-                self._counts.popitem(last=False)
-        else:
-            self._counts.move_to_end(item)
-        return found
+    def __init__(self, store: FeatureStore, ttl_s: int = TTL_S) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
 
     def shown(self, items: Sequence[str]) -> None:
-        with self._lock:
-            for item in items:
-                self._entry(item)[0] += 1
+        deltas: dict[str, int] = {}
+        for item in items:
+            deltas[f"{item}|n"] = deltas.get(f"{item}|n", 0) + 1
+        self.store.add_counts(NAMESPACE, deltas, self.ttl_s)
 
-    def clicked(self, item: str) -> None:
-        with self._lock:
-            entry = self._entry(item)
-            entry[1] = min(entry[1] + 1, entry[0])  # a click without a counted impression adds none
+    def clicked(self, items: Sequence[str]) -> None:
+        deltas: dict[str, int] = {}
+        for item in items:
+            deltas[f"{item}|c"] = deltas.get(f"{item}|c", 0) + 1
+        self.store.add_counts(NAMESPACE, deltas, self.ttl_s)
 
     def counts(self, items: Sequence[str]) -> list[tuple[int, int]]:
-        with self._lock:
-            return [tuple(self._counts.get(i, (0, 0))) for i in items]  # type: ignore[misc]
+        """``(impressions, clicks)`` per item; clicks never above impressions (a click on an item
+        whose impressions expired adds none)."""
+        raw = self.store.get_counts(NAMESPACE, [f"{i}|n" for i in items] + [f"{i}|c" for i in items])
+        n = len(items)
+        return [(raw[j], min(raw[n + j], raw[j])) for j in range(n)]
 
 
 def slots(k: int, share: float) -> int:

@@ -109,6 +109,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     key_rules = {
         "/v1/events": write,
         "/v1/items": KeyRule(settings.write_keys, "change the catalog"),
+        "/v1/admin/model": KeyRule(settings.write_keys, "swap the model"),
         "/v1/recommendations": read,
         "/v1/explain/{request_id}": read,
         "/v1/catalog": read,
@@ -315,6 +316,20 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
                 raise PayloadTooLarge(f"items: expected at most {limit} items per batch, got {len(batch.items)}")
             return engine.update_items(batch.items).to_dict()
 
+    @app.post(
+        "/v1/admin/model",
+        response_model=None,
+        responses={200: {"model": schemas.ModelStatus}, **errors(*BODY_ERRORS, 404, 503)},
+    )
+    def post_model(body: schemas.ModelSwapRequest, request: Request) -> dict[str, Any]:
+        """Serve another model without a restart (write key): the model directory at ``path``, or
+        a ``version`` loaded before (``previous`` restores the one active before). Requests in
+        flight finish on their model; explain uses the model that served each list; on Redis
+        every server follows within a second (``model_swap.py``)."""
+        check_key(request.headers, settings.write_keys, "swap the model")
+        path = FsPath(body.path) if body.path is not None else None
+        return engine.models.swap(path=path, version=body.version)
+
     if bare_endpoint:
 
         @app.post("/v1/bench/bare", response_model=None, responses=errors(*BODY_ERRORS))
@@ -340,7 +355,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         check_key(request.headers, settings.read_keys, "read recommendations and explanations")
         with explaining.enter():
             if apart is not None:
-                return await asyncio.to_thread(apart.explain, request_id, engine.model)
+                return await asyncio.to_thread(apart.explain, request_id, *engine.model_serving(request_id))
             return (await asyncio.to_thread(engine.explain, request_id)).to_dict()
 
     @app.get("/healthz", response_model=None, responses={200: {"model": schemas.Health}})

@@ -54,9 +54,10 @@ class ExplainProcess:
         theirs.close()
         self._conn, self._sent_version = ours, None
 
-    def explain(self, request_id: str, model: ModelBundle) -> dict[str, Any]:
-        """The explanation of ``request_id`` as ``Explanation.to_dict()``; the child's refusals
-        (unknown request, another model) are raised here with their status."""
+    def explain(self, request_id: str, model: ModelBundle, model_dir: Path | None = None) -> dict[str, Any]:
+        """The explanation of ``request_id`` as ``Explanation.to_dict()``, computed with ``model``
+        (trained in ``model_dir``: after a model swap, the one that served the list); the child's
+        refusals (unknown request, another model) are raised here with their status."""
         with self._lock:
             if self._process is None or not self._process.is_alive():
                 self._start()
@@ -65,7 +66,7 @@ class ExplainProcess:
             if model.version != self._sent_version:
                 added = [item.to_dict() for item in model.added]
             try:
-                self._conn.send((request_id, model.version, added))
+                self._conn.send((request_id, model.version, added, str(model_dir or self.model_dir)))
                 kind, payload = self._conn.recv()
             except (EOFError, OSError):
                 logger.error("the explanation process stopped; starting another")
@@ -101,6 +102,7 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
     with contextlib.suppress(OSError):
         os.nice(NICE)
     trained = ModelBundle.load(Path(model_dir))
+    loaded_from = model_dir
     log = SqliteEventLog(settings.data_dir / LOG_FILE)
     requests = RequestLog(settings.data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
     explainer = Explainer(trained, settings, log, requests)
@@ -111,8 +113,11 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
             break
         if message is None:
             break
-        request_id, version, added = message
+        request_id, version, added, directory = message
         try:
+            if directory != loaded_from:  # a model swapped in (or back): the list's own model
+                trained, loaded_from = ModelBundle.load(Path(directory)), directory
+                explainer = Explainer(trained, settings, log, requests)
             if added is not None and version != explainer.model.version:
                 model = trained.with_items([Item.from_dict(d) for d in added]) if added else trained
                 explainer = Explainer(model, settings, log, requests)

@@ -374,6 +374,40 @@ class DemoUsers(BaseModel):
     long_history: list[str]
 
 
+class ModelSwapRequest(BaseModel):
+    """Which model to serve: a model directory to load, or a version loaded before (``previous``:
+    the one active before the current). Exactly one of the two."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"path": "/srv/models/2026-12-02"}, {"version": "previous"}]},
+    )
+    path: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="A model directory (insession train --out DIR)."
+    )
+    version: str | None = Field(
+        default=None, min_length=1, max_length=200, description="A trained version loaded before, or previous."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSwapRequest:
+        if (self.path is None) == (self.version is None):
+            raise ValueError("exactly one of path and version")
+        for value in (self.path, self.version):
+            if value is not None:
+                _text(value)
+        return self
+
+
+class ModelStatus(BaseModel):
+    active: str = Field(description="The model version serving now (with the catalog changes made while serving).")
+    trained_version: str
+    directory: str = Field(description="Where the active model was loaded from (empty: built in memory).")
+    loaded: list[str] = Field(description="Trained versions loaded in this server (explain uses them).")
+    history: list[str] = Field(description="Trained versions made active in this server, oldest first.")
+    swaps: int
+
+
 class StoreHealth(BaseModel):
     kind: Literal["memory", "redis"]
     up: bool = Field(description="false while writes fail (disk full, read-only directory) or Redis is down.")

@@ -20,6 +20,10 @@ class FeatureStore(Protocol):
         """The live state of ``user_id``, or ``None`` if absent or expired."""
         ...
 
+    def get_sessions(self, user_ids: Sequence[str]) -> list[SessionState | None]:
+        """The live state of each of ``user_ids`` (``None`` where absent or expired), in one read."""
+        ...
+
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         """Store ``state`` for ``ttl_s`` seconds of processing time."""
         ...
@@ -30,6 +34,28 @@ class FeatureStore(Protocol):
 
     def put_many(self, namespace: str, values: Mapping[str, bytes], ttl_s: int) -> None:
         """Store raw values under ``namespace`` for ``ttl_s`` seconds."""
+        ...
+
+    def get_user(self, user_id: str, names: Sequence[str]) -> tuple[SessionState | None, list[bytes | None]]:
+        """The live state of ``user_id`` and the user's serving values ``names`` (``None`` where
+        absent or expired), read together: one round trip on Redis (the keys share the user's slot)."""
+        ...
+
+    def put_user(self, user_id: str, values: Mapping[str, bytes], ttl_s: int) -> None:
+        """Store serving values of ``user_id`` (by name) for ``ttl_s`` seconds: one round trip."""
+        ...
+
+    def get_user_values(self, name: str, user_ids: Sequence[str]) -> list[bytes | None]:
+        """The serving value ``name`` of each of ``user_ids`` (``None`` where absent or expired)."""
+        ...
+
+    def add_counts(self, namespace: str, deltas: Mapping[str, int], ttl_s: int) -> None:
+        """Add ``deltas`` to counters of ``namespace`` atomically (concurrent adds all count); each
+        counter touched lives ``ttl_s`` seconds from now."""
+        ...
+
+    def get_counts(self, namespace: str, keys: Sequence[str]) -> list[int]:
+        """The counters ``keys`` of ``namespace`` (0 where absent or expired); same order."""
         ...
 
     def applied_position(self) -> int:

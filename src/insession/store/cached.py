@@ -1,8 +1,9 @@
 """An in-process L1 cache in front of a shared feature store (Redis as L2).
 
 Only the namespaces named (by default item activity, the values every request reads for hundreds
-of candidates) are cached; session state never is, so a user's next request always sees the
-events a worker has applied. A cached value is served for at most ``max_age_ms`` after it was
+of candidates) are cached; session state never is (nor a user's serving values, nor counters),
+so a user's next request always sees the events a worker has applied and the lists any server
+showed them. A cached value is served for at most ``max_age_ms`` after it was
 read from L2 (monotonic time), so no read is staler than that bound (0 turns the cache off); this process's own writes
 replace their entries at once. The cache holds at most ``max_entries`` values, least recently
 used evicted first, and counts hits and misses for the metrics.
@@ -53,6 +54,9 @@ class CachedStore:
     def get_session(self, user_id: str) -> SessionState | None:
         return self.inner.get_session(user_id)
 
+    def get_sessions(self, user_ids: Sequence[str]) -> list[SessionState | None]:
+        return self.inner.get_sessions(user_ids)
+
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         self.inner.put_session(user_id, state, ttl_s)
 
@@ -89,6 +93,21 @@ class CachedStore:
             with self._lock:
                 for key in values:
                     self._entries.pop((namespace, key), None)
+
+    def get_user(self, user_id: str, names: Sequence[str]) -> tuple[SessionState | None, list[bytes | None]]:
+        return self.inner.get_user(user_id, names)
+
+    def put_user(self, user_id: str, values: Mapping[str, bytes], ttl_s: int) -> None:
+        self.inner.put_user(user_id, values, ttl_s)
+
+    def get_user_values(self, name: str, user_ids: Sequence[str]) -> list[bytes | None]:
+        return self.inner.get_user_values(name, user_ids)
+
+    def add_counts(self, namespace: str, deltas: Mapping[str, int], ttl_s: int) -> None:
+        self.inner.add_counts(namespace, deltas, ttl_s)
+
+    def get_counts(self, namespace: str, keys: Sequence[str]) -> list[int]:
+        return self.inner.get_counts(namespace, keys)
 
     def applied_position(self) -> int:
         return self.inner.applied_position()

@@ -29,6 +29,8 @@ class MemoryFeatureStore:
         self._lock = threading.Lock()
         self._sessions: dict[str, tuple[SessionState, int]] = {}
         self._kv: dict[str, dict[str, tuple[bytes, int]]] = {}
+        #: Per-user serving values (the lists a user was shown, the lists kept for reuse).
+        self._user_kv: dict[str, dict[str, tuple[bytes, int]]] = {}
         self._position = 0
 
     # -- protocol ---------------------------------------------------------------------------
@@ -43,6 +45,9 @@ class MemoryFeatureStore:
                     del self._sessions[user_id]
             return None
         return state
+
+    def get_sessions(self, user_ids: Sequence[str]) -> list[SessionState | None]:
+        return [self.get_session(u) for u in user_ids]
 
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         self._sessions[user_id] = (state, self._clock.now_ms() + ttl_s * 1000)
@@ -62,6 +67,36 @@ class MemoryFeatureStore:
             table = self._kv.setdefault(namespace, {})
             for key, value in values.items():
                 table[key] = (value, expires)
+
+    def get_user(self, user_id: str, names: Sequence[str]) -> tuple[SessionState | None, list[bytes | None]]:
+        return self.get_session(user_id), self._user_values(user_id, names, self._clock.now_ms())
+
+    def _user_values(self, user_id: str, names: Sequence[str], now: int) -> list[bytes | None]:
+        table = self._user_kv.get(user_id, {})
+        return [found[0] if (found := table.get(name)) is not None and found[1] > now else None for name in names]
+
+    def put_user(self, user_id: str, values: Mapping[str, bytes], ttl_s: int) -> None:
+        expires = self._clock.now_ms() + ttl_s * 1000
+        with self._lock:
+            table = self._user_kv.setdefault(user_id, {})
+            for name, value in values.items():
+                table[name] = (value, expires)
+
+    def get_user_values(self, name: str, user_ids: Sequence[str]) -> list[bytes | None]:
+        now = self._clock.now_ms()
+        return [self._user_values(user, (name,), now)[0] for user in user_ids]
+
+    def add_counts(self, namespace: str, deltas: Mapping[str, int], ttl_s: int) -> None:
+        now = self._clock.now_ms()
+        with self._lock:
+            table = self._kv.setdefault(namespace, {})
+            for key, delta in deltas.items():
+                found = table.get(key)
+                count = int(found[0]) if found is not None and found[1] > now else 0
+                table[key] = (str(count + delta).encode(), now + ttl_s * 1000)
+
+    def get_counts(self, namespace: str, keys: Sequence[str]) -> list[int]:
+        return [0 if raw is None else int(raw) for raw in self.get_many(namespace, keys)]
 
     def applied_position(self) -> int:
         return self._position
@@ -96,7 +131,19 @@ class MemoryFeatureStore:
                 for key in gone:
                     del table[key]
                 removed += len(gone)
+            for user in list(self._user_kv):
+                values = self._user_kv[user]
+                gone = [k for k, (_, exp) in values.items() if exp <= now]
+                for key in gone:
+                    del values[key]
+                if not values:
+                    del self._user_kv[user]
+                removed += len(gone)
         return removed
+
+    def user_values(self) -> int:
+        """How many per-user serving values are held (expired ones included)."""
+        return sum(len(values) for values in self._user_kv.values())
 
     def snapshot(self, path: Path) -> None:
         """Write every live entry and the applied position to ``path`` atomically."""
@@ -115,6 +162,14 @@ class MemoryFeatureStore:
                         if exp > now
                     }
                     for ns, table in sorted(self._kv.items())
+                },
+                "user_kv": {
+                    user: {
+                        name: [exp, base64.b64encode(val).decode()]
+                        for name, (val, exp) in sorted(values.items())
+                        if exp > now
+                    }
+                    for user, values in sorted(self._user_kv.items())
                 },
             }
         body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -142,6 +197,10 @@ class MemoryFeatureStore:
                 ns: {key: (base64.b64decode(val), int(exp)) for key, (exp, val) in table.items()}
                 for ns, table in doc["kv"].items()
             }
+            user_kv = {  # absent from snapshots written before per-user serving values were kept
+                user: {name: (base64.b64decode(val), int(exp)) for name, (exp, val) in values.items()}
+                for user, values in doc.get("user_kv", {}).items()
+            }
             position = int(doc["applied_position"])
         except SnapshotCorrupt:
             raise
@@ -150,4 +209,5 @@ class MemoryFeatureStore:
         with self._lock:
             self._sessions = sessions
             self._kv = kv
+            self._user_kv = user_kv
             self._position = position
