@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from insession.catalog import Item, item_of, parse_item
+from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore
 from insession.clock import Clock, SystemClock
 from insession.config import Settings, SurfaceConfig
 from insession.errors import (
@@ -243,6 +244,8 @@ class Engine:
         #: The online factor model (``online.factors``) when the ranker was trained to read it; it
         #: learns in the embedded engine only (on Redis it stays at the trained vectors).
         self.factors = for_model(model)
+        #: Replay checkpoints explain and forget fold from (embedded, opened from a data directory).
+        self.checkpoints: CheckpointStore | None = None
         self._restore_items()
 
     def _restore_items(self) -> None:
@@ -351,6 +354,7 @@ class Engine:
                 store = MemoryFeatureStore(clock)
         try:
             engine = cls(settings, model, log, store, clock, snapshot, requests, FileItemLog(data_dir / ITEMS_FILE))
+            engine.checkpoints = CheckpointStore(data_dir / CHECKPOINTS_FILE)
             engine.catch_up(progress)
         except BaseException:
             log.close()  # releases the data directory for whatever is run to mend it
@@ -661,7 +665,7 @@ class Engine:
                 "explain: needs the embedded event log (store = memory); on Redis the stream partitions "
                 "have no common position to replay to"
             )
-        return Explainer(self.model, self.settings, self.log, self.requests).explain(request_id)
+        return Explainer(self.model, self.settings, self.log, self.requests, self.checkpoints).explain(request_id)
 
     def _intent(self, req: RecommendRequest, state: SessionState | None) -> npt.NDArray[np.float32]:
         """The current session embedding, for deciding whether a kept list still fits."""
@@ -770,3 +774,5 @@ class Engine:
         self.log.close()
         if self.requests is not None:
             self.requests.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()

@@ -1,9 +1,11 @@
 """Recompute a served list from its manifest and the event log, and say why each item is there.
 
 The state is rebuilt by folding the event log up to the manifest's position with the engine's own
-folds (``replay.Replay``), and the list is recomputed by the same ``Recommender.recommend`` with
-the request's moment-dependent decisions replayed (``Forced``: tier, skipped sources, ranked
-rows) instead of re-decided, and the list the user had seen before. If the recomputed list is not
+folds (``replay.Replay``), from the nearest checkpoint at or before it when there is a checkpoint
+file (``insession.checkpoints``; the fold leaves new ones behind by the size/time policy), and the
+list is recomputed by the same ``Recommender.recommend`` with the request's moment-dependent
+decisions replayed (``Forced``: tier, skipped sources, ranked rows) instead of re-decided, and the
+list the user had seen before. If the recomputed list is not
 the served one, the explanation says so and shows where they part (``identical: false``).
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint, fold_with_checkpoints
 from insession.config import Settings
 from insession.errors import ModelError, NotFound
 from insession.filters import Filters
@@ -72,12 +75,22 @@ class Explainer:
     """Explains manifests against one model and one event log; replays the log incrementally, so
     explaining many requests in log order folds it once."""
 
-    def __init__(self, model: ModelBundle, settings: Settings, log: EventLog, requests: RequestLog) -> None:
+    def __init__(
+        self,
+        model: ModelBundle,
+        settings: Settings,
+        log: EventLog,
+        requests: RequestLog,
+        checkpoints: CheckpointStore | None = None,
+    ) -> None:
         self.model = model
         self.settings = settings
         self.log = log
         self.requests = requests
         self.recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
+        #: Where folds start from and leave checkpoints (``None``: always from the start of the log).
+        self.checkpoints = checkpoints
+        self._generation = checkpoints.generation() if checkpoints is not None else 0
         self._replay = self._fresh()
         self._position = 0
         self._by_version: dict[str, Recommender] = {}
@@ -97,9 +110,42 @@ class Explainer:
         return found
 
     def _fresh(self) -> Replay:
+        if self.checkpoints is not None:
+            return self._from_checkpoint(self.checkpoints, 0)
         return Replay(self.settings.session, learn=self.settings.learn_online, factors=for_model(self.model))
 
+    def _from_checkpoint(self, checkpoints: CheckpointStore, position: int) -> CheckpointedReplay:
+        """A fold from the nearest checkpoint at or before ``position``."""
+        factors = for_model(self.model)
+        fp = fingerprint(self.settings.session, self.settings.learn_online, factors, self.model.version.split("+")[0])
+        return CheckpointedReplay(
+            checkpoints,
+            fp,
+            checkpoints.nearest(fp, position),
+            self.settings.session,
+            learn=self.settings.learn_online,
+            factors=factors,
+            every_events=self.settings.checkpoint_every_events,
+            every_ms=int(self.settings.checkpoint_every_s * 1000),
+        )
+
     def _fold_to(self, position: int) -> None:
+        if self.checkpoints is not None:
+            replay = self._replay
+            generation = self.checkpoints.generation()
+            stale = generation != self._generation  # a user was erased since: what was folded may hold them
+            if (
+                not isinstance(replay, CheckpointedReplay)
+                or stale
+                or position < self._position
+                or (self.checkpoints.nearest(replay.fp, position) > self._position)
+            ):
+                self._generation = generation
+                replay = self._from_checkpoint(self.checkpoints, position)
+            self._replay = replay
+            fold_with_checkpoints(self.log, replay, position)
+            self._position = max(replay.position, position)
+            return
         if position < self._position:
             self._replay, self._position = self._fresh(), 0
         for pos, event in self.log.read(after=self._position):

@@ -93,6 +93,7 @@ class ExplainProcess:
 def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
     """The child: explain each request id received until ``None`` arrives or the pipe closes."""
     from insession.catalog import Item
+    from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore
     from insession.engine import LOG_FILE
     from insession.explain import Explainer
     from insession.log.sqlite import SqliteEventLog
@@ -103,7 +104,8 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
     trained = ModelBundle.load(Path(model_dir))
     log = SqliteEventLog(settings.data_dir / LOG_FILE)
     requests = RequestLog(settings.data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
-    explainer = Explainer(trained, settings, log, requests)
+    checkpoints = CheckpointStore(settings.data_dir / CHECKPOINTS_FILE)
+    explainer = Explainer(trained, settings, log, requests, checkpoints)
     while True:
         try:
             message = conn.recv()
@@ -115,7 +117,7 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
         try:
             if added is not None and version != explainer.model.version:
                 model = trained.with_items([Item.from_dict(d) for d in added]) if added else trained
-                explainer = Explainer(model, settings, log, requests)
+                explainer = Explainer(model, settings, log, requests, checkpoints)
             conn.send(("ok", explainer.explain(request_id).to_dict()))
         except InsessionError as exc:
             conn.send(("error", (exc.status, exc.message)))
@@ -124,3 +126,4 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
             conn.send(("error", (500, "internal error")))
     log.close()
     requests.close()
+    checkpoints.close()
