@@ -42,6 +42,7 @@ from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemA
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.profile import build_profile
 from insession.fold import FoldStats, fold_event
+from insession.forget import ForgetResult, forget_embedded, forget_on_redis
 from insession.freshness import ListCache, ShownLists
 from insession.log import AppendResult, EventLog
 from insession.log.items import ITEMS_FILE, FileItemLog, ItemLog, StoreItemLog
@@ -666,6 +667,33 @@ class Engine:
                 "have no common position to replay to"
             )
         return Explainer(self.model, self.settings, self.log, self.requests, self.checkpoints).explain(request_id)
+
+    def forget(self, user_id: str) -> ForgetResult:
+        """Erase a user: their events from the log (compacted), the checkpoints and the state, the
+        lists kept for them and their manifests; their share of item aggregates stays, anonymised
+        (``insession.forget``)."""
+        with self._lock:
+            self.lists.forget_user(user_id)
+            self.shown.forget_user(user_id)
+            if isinstance(self.log, RedisStreamEventLog):
+                health = self.store_health()
+                backlog = int(health.get("fold_backlog", 0)) + int(health.get("item_backlog", 0))
+                now = self.clock.now_ms()
+                return forget_on_redis(user_id, self.settings, self.log, self.store, self.requests, backlog, now)
+            if not isinstance(self.log, SqliteEventLog) or not isinstance(self.store, MemoryFeatureStore):
+                raise Unsupported("forget: needs the embedded log and store, or Redis")
+            result = forget_embedded(
+                user_id,
+                self.settings,
+                self.model,
+                self.log,
+                self.store,
+                self.checkpoints,
+                self.requests,
+                self.clock.now_ms(),
+            )
+            self._snapshot_locked()  # the snapshot on disk held the user's state: rewritten now
+            return result
 
     def _intent(self, req: RecommendRequest, state: SessionState | None) -> npt.NDArray[np.float32]:
         """The current session embedding, for deciding whether a kept list still fits."""

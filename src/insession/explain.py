@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint, fold_with_checkpoints
 from insession.config import Settings
-from insession.errors import ModelError, NotFound
+from insession.errors import Gone, ModelError, NotFound
 from insession.filters import Filters
 from insession.log import EventLog
 from insession.manifest import Manifest, RequestLog
@@ -157,6 +158,9 @@ class Explainer:
 
     def manifest(self, request_id: str) -> Manifest:
         found = self.requests.get(request_id)
+        if found is None and (erased := self.requests.erased_at(request_id)) is not None:
+            when = datetime.fromtimestamp(erased / 1000, tz=UTC).isoformat(timespec="seconds")
+            raise Gone(f"request_id: {request_id!r} was served to a user whose data was erased at {when} (forget)")
         if found is None:
             raise NotFound(f"request_id: no manifest for {request_id!r} (unknown, or pruned by retention)")
         return found

@@ -142,6 +142,14 @@ class ListCache:
                 del self._entries[key]
         return len(dead)
 
+    def forget_user(self, user_id: str) -> int:
+        """Drop every list kept for ``user_id`` (the user is erased); returns how many."""
+        with self._lock:
+            dead = [key for key in self._entries if key[0] == user_id]
+            for key in dead:
+                del self._entries[key]
+        return len(dead)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -181,6 +189,15 @@ class ShownLists:
                 del self._shown[key]
             for user in {u for u, _ in dead}:
                 self._surfaces.pop(user, None)
+        return len(dead)
+
+    def forget_user(self, user_id: str) -> int:
+        """Drop what ``user_id`` was shown (the user is erased); returns how many lists."""
+        with self._lock:
+            dead = [key for key in self._shown if key[0] == user_id]
+            for key in dead:
+                del self._shown[key]
+            self._surfaces.pop(user_id, None)
         return len(dead)
 
     def __len__(self) -> int:

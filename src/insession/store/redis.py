@@ -73,6 +73,10 @@ class RedisFeatureStore:
         value, px = self.wrap(state.to_bytes(), ttl_s)
         self.guard.call("put_session", lambda: self.client.set(self.keys.session(user_id), value, px=px))
 
+    def drop_session(self, user_id: str) -> bool:
+        """Remove ``user_id``'s state now (the user is erased); whether there was any."""
+        return bool(self.guard.call("drop_session", lambda: self.client.delete(self.keys.session(user_id))))
+
     def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
