@@ -162,11 +162,43 @@ def forget_on_redis(
     removed: list[Event] = log.erase_user(user_id)
     items = sorted({e.item_id for e in removed if e.item_id is not None})
     session = inner.drop_session(user_id)
-    anonymised = anonymise_items(inner, user_id, items, settings.state_ttl_s)
+    anonymised = anonymise_on_redis(inner, user_id, items)
+    if isinstance(store, CachedStore):
+        store.invalidate(ACTIVITY_NAMESPACE, items)
     manifests = requests.erase_user(user_id, now_ms) if requests is not None else 0
     notes = persist(inner.client)
     logger.info("erased a user: %d events, %d manifests", len(removed), manifests)
     return ForgetResult(len(removed), manifests, 0, 0, anonymised, session, notes)
+
+
+#: Compare-and-set: the stream workers may bump the item between our read and write; then we
+#: read again rather than overwrite their update. KEYS: the value. ARGV: what was read, the new value.
+_CAS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+"""
+
+
+def anonymise_on_redis(store: RedisFeatureStore, user_id: str, items: Sequence[str], attempts: int = 20) -> int:
+    """:func:`anonymise_items` on Redis, each item by compare-and-set (one key: Cluster-safe)."""
+    key = float(user_key(user_id))
+    changed = 0
+    for item in items:
+        name = store.keys.value(ACTIVITY_NAMESPACE, item)
+        for _ in range(attempts):
+            raw = store.guard.call("forget", lambda n=name: store.client.get(n))  # type: ignore[misc]
+            payload = store.unwrap(raw)
+            scrubbed = None if payload is None else scrub_activity(payload, key)
+            if scrubbed is None:
+                break
+            new = bytes(raw[: len(raw) - len(payload)]) + scrubbed  # the same expiry in front
+            if store.guard.call("forget", lambda n=name, r=raw, v=new: store.client.eval(_CAS, 1, n, r, v)):  # type: ignore[misc]
+                changed += 1
+                break
+    return changed
 
 
 def persist(client: Any) -> list[str]:
