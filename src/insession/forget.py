@@ -191,7 +191,9 @@ def anonymise_on_redis(store: RedisFeatureStore, user_id: str, items: Sequence[s
         for _ in range(attempts):
             raw = store.guard.call("forget", lambda n=name: store.client.get(n))  # type: ignore[misc]
             payload = store.unwrap(raw)
-            scrubbed = None if payload is None else scrub_activity(payload, key)
+            if payload is None:
+                break
+            scrubbed = scrub_activity(payload, key)
             if scrubbed is None:
                 break
             new = bytes(raw[: len(raw) - len(payload)]) + scrubbed  # the same expiry in front
