@@ -30,10 +30,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from insession.config import SessionConfig
+from insession.config import SessionConfig, Settings
 from insession.events import Event
 from insession.features.activity import ItemActivity, user_key
 from insession.log import EventLog
+from insession.model import ModelBundle
 from insession.online import covisit
 from insession.online.factors import OnlineFactors
 from insession.replay import Replay
@@ -54,13 +55,19 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 V = TypeVar("V")
 
 
-def fingerprint(session: SessionConfig, learn: bool, factors: OnlineFactors | None, model_version: str) -> str:
+def fingerprint(session: SessionConfig, learn: bool, factors: bool, model_version: str) -> str:
     """What a fold's state depends on besides the events (checkpoints of another fold are not used)."""
     text = json.dumps(
         {"format": FORMAT, "session": asdict(session), "learn": learn, "factors": model_version if factors else ""},
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint_of(settings: Settings, model: ModelBundle) -> str:
+    """The fingerprint of the fold explain runs for ``model`` under ``settings``."""
+    factors = bool(model.params.get("train", {}).get("online_factors", False))
+    return fingerprint(settings.session, settings.learn_online, factors, model.version.split("+")[0])
 
 
 class CheckpointStore:

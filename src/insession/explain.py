@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint, fold_with_checkpoints
+from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint_of, fold_with_checkpoints
 from insession.config import Settings
 from insession.errors import Gone, ModelError, NotFound
 from insession.filters import Filters
@@ -115,10 +115,13 @@ class Explainer:
             return self._from_checkpoint(self.checkpoints, 0)
         return Replay(self.settings.session, learn=self.settings.learn_online, factors=for_model(self.model))
 
+    def _fingerprint(self) -> str:
+        return fingerprint_of(self.settings, self.model)
+
     def _from_checkpoint(self, checkpoints: CheckpointStore, position: int) -> CheckpointedReplay:
         """A fold from the nearest checkpoint at or before ``position``."""
         factors = for_model(self.model)
-        fp = fingerprint(self.settings.session, self.settings.learn_online, factors, self.model.version.split("+")[0])
+        fp = self._fingerprint()
         return CheckpointedReplay(
             checkpoints,
             fp,
@@ -155,6 +158,20 @@ class Explainer:
             self._replay.apply(pos, event)
             self._position = pos
         self._position = max(self._position, position)
+
+    def follow(self, max_events: int = 5_000) -> int:
+        """Fold up to ``max_events`` events past what is folded (or the newest checkpoint), leaving
+        checkpoints by the policy: run in idle time, it keeps the newest checkpoint near the end of
+        the log, so explaining a recent list folds only the events since. Returns the events read
+        (0: caught up, or no checkpoint file)."""
+        if self.checkpoints is None:
+            return 0
+        positions = self.checkpoints.positions(self._fingerprint())
+        after = max(self._position, positions[-1] if positions else 0)
+        read = [position for position, _ in self.log.read(after=after, limit=max_events)]
+        if read:
+            self._fold_to(read[-1])
+        return len(read)
 
     def manifest(self, request_id: str) -> Manifest:
         found = self.requests.get(request_id)

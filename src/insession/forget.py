@@ -38,7 +38,7 @@ from typing import Any
 from insession.checkpoints import (
     CheckpointedReplay,
     CheckpointStore,
-    fingerprint,
+    fingerprint_of,
     fold_with_checkpoints,
     scrub_activity,
 )
@@ -84,7 +84,7 @@ def checkpoint_through(
     if not positions:
         return 0
     factors = for_model(model)
-    fp = fingerprint(settings.session, settings.learn_online, factors, model.version.split("+")[0])
+    fp = fingerprint_of(settings, model)
     replay = CheckpointedReplay(
         checkpoints,
         fp,
