@@ -235,8 +235,8 @@ class CheckpointedReplay(Replay):
         session_cfg: SessionConfig,
         learn: bool = True,
         factors: OnlineFactors | None = None,
-        every_events: int = 20_000,
-        every_ms: int = 3_600_000,
+        every_events: int = 10_000,
+        every_ms: int = 86_400_000,
     ) -> None:
         super().__init__(session_cfg, learn=learn, factors=factors)
         self.store, self.fp = store, fp
@@ -255,6 +255,11 @@ class CheckpointedReplay(Replay):
         self._since_ts: int | None = None
         if base > 0:
             self._rebase(base)
+
+    @property
+    def pending(self) -> int:
+        """Events folded since the newest checkpoint this fold took or passed."""
+        return self._since
 
     def _read(self, ns: str, key: str, decode: Callable[[bytes], V]) -> V | None:
         if self.base <= 0:

@@ -167,8 +167,8 @@ class Settings:
     snapshot_every_events: int = 50_000
     #: Replay checkpoints (``checkpoints.sqlite``; explain and forget fold from the nearest one):
     #: one after this many folded events or this many seconds of event time, whichever comes first.
-    checkpoint_every_events: int = 20_000
-    checkpoint_every_s: float = 3600.0
+    checkpoint_every_events: int = 10_000
+    checkpoint_every_s: float = 86_400.0
     max_batch_events: int = 1000
     #: Request manifests kept (the oldest beyond this are pruned).
     request_log_retention: int = 1_000_000

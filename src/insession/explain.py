@@ -162,8 +162,9 @@ class Explainer:
     def follow(self, max_events: int = 5_000) -> int:
         """Fold up to ``max_events`` events past what is folded (or the newest checkpoint), leaving
         checkpoints by the policy: run in idle time, it keeps the newest checkpoint near the end of
-        the log, so explaining a recent list folds only the events since. Returns the events read
-        (0: caught up, or no checkpoint file)."""
+        the log, so explaining a recent list folds only the events since; caught up, it leaves one
+        at the end of the log once a tenth of ``checkpoint_every_events`` has arrived since the
+        newest. Returns the events read (0: caught up, or no checkpoint file)."""
         if self.checkpoints is None:
             return 0
         positions = self.checkpoints.positions(self._fingerprint())
@@ -171,7 +172,14 @@ class Explainer:
         read = [position for position, _ in self.log.read(after=after, limit=max_events)]
         if read:
             self._fold_to(read[-1])
+        replay = self._replay
+        caught_up = len(read) < max_events
+        if caught_up and isinstance(replay, CheckpointedReplay) and replay.pending >= self._tail_checkpoint_events():
+            replay.checkpoint()  # at the end of the log: a recent list's explanation folds almost nothing
         return len(read)
+
+    def _tail_checkpoint_events(self) -> int:
+        return max(self.settings.checkpoint_every_events // 10, 1)
 
     def manifest(self, request_id: str) -> Manifest:
         found = self.requests.get(request_id)
