@@ -159,10 +159,11 @@ class CheckpointStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            # The table's interior pages keep copies of keys as dividers, deleted rows' included:
-            # rebuilt, so no copy of the user id is left in the file (nor, truncated, in the WAL).
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if changed:
+                # The table's interior pages keep copies of keys as dividers, deleted rows' included:
+                # rebuilt, so no copy of the user id is left in the file (nor, truncated, in the WAL).
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return changed
 
     def holds_user(self, user_id: str) -> bool:
