@@ -108,19 +108,26 @@ class CheckpointStore:
             ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
-    def write(self, fp: str, position: int, entries: Iterable[tuple[str, str, bytes | None]]) -> None:
+    def write(self, fp: str, position: int, entries: Iterable[tuple[str, str, bytes | None]], generation: int) -> bool:
         """Record a checkpoint at ``position`` holding ``entries`` ((namespace, key, value), the
-        entries changed since the checkpoint before it), in one transaction."""
+        entries changed since the checkpoint before it), in one transaction; refused (``False``)
+        if a user was erased since the fold that made them started at ``generation`` (they may
+        hold that user)."""
         rows = [(fp, ns, key, position, value) for ns, key, value in entries]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                row = self._db.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
+                if (int(row[0]) if row else 0) != generation:
+                    self._db.execute("ROLLBACK")
+                    return False
                 self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", rows)
                 self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", (position, fp))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return True
 
     def generation(self) -> int:
         with self._lock:
@@ -248,6 +255,7 @@ class CheckpointedReplay(Replay):
             lambda k: self._read(FOLLOWERS, k, covisit.Neighbours.from_bytes)
         )
         self.states, self.activity, self.followers = self._states, self._activity, self._followers
+        self.generation = store.generation()  # its checkpoints are refused once a user is erased
         known = store.positions(fp)
         self._later = [p for p in known if p > base]  # existing checkpoints this fold will pass
         self._newest = known[-1] if known else 0
@@ -305,7 +313,9 @@ class CheckpointedReplay(Replay):
             table.dirty.clear()
         if self.factors is not None:
             entries.append((FACTORS, "", self.factors.to_bytes()))
-        self.store.write(self.fp, self.position, entries)
+        if not self.store.write(self.fp, self.position, entries, self.generation):
+            self.generation = -1  # a user was erased meanwhile: this fold writes no more checkpoints
+            return
         self._newest = max(self._newest, self.position)
         self.base = self.position  # values not yet read come from this checkpoint (the same as before)
         self._since, self._since_ts = 0, None

@@ -43,6 +43,7 @@ from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.profile import build_profile
 from insession.fold import FoldStats, fold_event
 from insession.forget import ForgetResult, forget_embedded, forget_on_redis
+from insession.forget import prepare as prepare_forget
 from insession.freshness import ListCache, ShownLists
 from insession.log import AppendResult, EventLog
 from insession.log.items import ITEMS_FILE, FileItemLog, ItemLog, StoreItemLog
@@ -672,6 +673,8 @@ class Engine:
         """Erase a user: their events from the log (compacted), the checkpoints and the state, the
         lists kept for them and their manifests; their share of item aggregates stays, anonymised
         (``insession.forget``)."""
+        if isinstance(self.log, SqliteEventLog):  # the long fold, outside the ingest lock
+            prepare_forget(user_id, self.settings, self.model, self.log, self.checkpoints)
         with self._lock:
             self.lists.forget_user(user_id)
             self.shown.forget_user(user_id)

@@ -85,18 +85,32 @@ def checkpoint_through(
         return 0
     factors = for_model(model)
     fp = fingerprint_of(settings, model)
+    missing = sorted(set(positions) - set(checkpoints.positions(fp)))
+    if not missing:
+        return len(positions)
     replay = CheckpointedReplay(
         checkpoints,
         fp,
-        checkpoints.nearest(fp, positions[0]),
+        checkpoints.nearest(fp, missing[0]),
         settings.session,
         learn=settings.learn_online,
         factors=factors,
         every_events=settings.checkpoint_every_events,
         every_ms=int(settings.checkpoint_every_s * 1000),
     )
-    fold_with_checkpoints(log, replay, positions[-1], frozenset(positions))
+    fold_with_checkpoints(log, replay, missing[-1], frozenset(missing))
     return len(set(positions) & set(checkpoints.positions(fp)))
+
+
+def prepare(
+    user_id: str, settings: Settings, model: ModelBundle, log: SqliteEventLog, checkpoints: CheckpointStore | None
+) -> None:
+    """The long part of an erasure, run before the engine's lock is taken (the log up to the
+    user's events does not change): the checkpoints at the user's events. Under the lock
+    :func:`forget_embedded` then only adds those of events that arrived meanwhile."""
+    if checkpoints is not None:
+        events = log.user_events(user_id)
+        checkpoint_through(log, checkpoints, settings, model, [p for p, _ in events])
 
 
 def anonymise_items(store: FeatureStore, user_id: str, items: Sequence[str], ttl_s: int) -> int:

@@ -59,3 +59,21 @@ def test_a_fold_from_the_nearest_checkpoint_reaches_the_state_of_a_fold_from_the
     assert store.positions(fp)[:5] == written and store.positions(fp)[-1] <= 2999
     store.close()
     log.close()
+
+
+def test_a_fold_started_before_an_erasure_writes_no_checkpoint_after_it(tmp_path: Path, shop: SyntheticShop) -> None:
+    cfg = SessionConfig()
+    log = SqliteEventLog(tmp_path / "events.sqlite")
+    events = sorted(shop.events, key=lambda e: e.ts)[:600]
+    log.append(events)
+    store = CheckpointStore(tmp_path / "checkpoints.sqlite")
+    fp = fingerprint(cfg, True, False, "m")
+    replay = CheckpointedReplay(store, fp, 0, cfg, every_events=200, every_ms=10**12)
+    fold_with_checkpoints(log, replay, 300)
+    assert store.positions(fp) == [200]
+    user = events[0].user_id
+    store.erase_user(user, [])  # meanwhile: its in-memory state may hold the erased user
+    fold_with_checkpoints(log, replay, 600)
+    assert store.positions(fp) == [200] and not store.holds_user(user)
+    store.close()
+    log.close()
