@@ -8,6 +8,7 @@ from pathlib import Path
 from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint, fold_with_checkpoints
 from insession.config import SessionConfig
 from insession.datasets.synthetic import SyntheticShop
+from insession.events import Event
 from insession.log.sqlite import SqliteEventLog
 from insession.replay import Replay
 
@@ -23,15 +24,23 @@ class CountingLog(SqliteEventLog):
             yield pair
 
 
+CFG = SessionConfig()
+FP = fingerprint(CFG, True, False, "m")
+
+
+def opened(tmp_path: Path, shop: SyntheticShop, n: int) -> tuple[CountingLog, CheckpointStore, list[Event]]:
+    """A log of the shop's first ``n`` events (in time order) and an empty checkpoint file."""
+    log = CountingLog(tmp_path / "events.sqlite")
+    events = sorted(shop.events, key=lambda e: e.ts)[:n]
+    log.append(events)
+    return log, CheckpointStore(tmp_path / "checkpoints.sqlite"), events
+
+
 def test_a_fold_from_the_nearest_checkpoint_reaches_the_state_of_a_fold_from_the_start(
     tmp_path: Path, shop: SyntheticShop
 ) -> None:
-    cfg = SessionConfig()
-    log = CountingLog(tmp_path / "events.sqlite")
-    events = sorted(shop.events, key=lambda e: e.ts)[:3000]
-    log.append(events)
-    store = CheckpointStore(tmp_path / "checkpoints.sqlite")
-    fp = fingerprint(cfg, True, False, "m")
+    cfg, fp = CFG, FP
+    log, store, _ = opened(tmp_path, shop, 3000)
     first = CheckpointedReplay(store, fp, 0, cfg, every_events=400, every_ms=10**12)
     fold_with_checkpoints(log, first, 2000)
     written = store.positions(fp)
@@ -62,12 +71,8 @@ def test_a_fold_from_the_nearest_checkpoint_reaches_the_state_of_a_fold_from_the
 
 
 def test_a_fold_started_before_an_erasure_writes_no_checkpoint_after_it(tmp_path: Path, shop: SyntheticShop) -> None:
-    cfg = SessionConfig()
-    log = SqliteEventLog(tmp_path / "events.sqlite")
-    events = sorted(shop.events, key=lambda e: e.ts)[:600]
-    log.append(events)
-    store = CheckpointStore(tmp_path / "checkpoints.sqlite")
-    fp = fingerprint(cfg, True, False, "m")
+    cfg, fp = CFG, FP
+    log, store, events = opened(tmp_path, shop, 600)
     replay = CheckpointedReplay(store, fp, 0, cfg, every_events=200, every_ms=10**12)
     fold_with_checkpoints(log, replay, 300)
     assert store.positions(fp) == [200]
