@@ -799,6 +799,7 @@ def _scale_table(figures: dict[str, Any]) -> None:
 
 
 def _explainer(model: Path, data_dir: Path | None, config: Path | None) -> tuple[Explainer, Settings]:
+    from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore
     from insession.log.sqlite import SqliteEventLog
     from insession.manifest import REQUEST_LOG_FILE, RequestLog
 
@@ -809,7 +810,8 @@ def _explainer(model: Path, data_dir: Path | None, config: Path | None) -> tuple
     bundle = ModelBundle.load(model)
     log = SqliteEventLog(settings.data_dir / LOG_FILE)
     requests = RequestLog(settings.data_dir / REQUEST_LOG_FILE)
-    return Explainer(bundle, settings, log, requests), settings
+    checkpoints = CheckpointStore(settings.data_dir / CHECKPOINTS_FILE)
+    return Explainer(bundle, settings, log, requests, checkpoints), settings
 
 
 @app.command()
@@ -858,6 +860,32 @@ def explain(
             raise typer.Exit(1)
         if not as_json:
             console.print("identical: the recomputed list is the served list")
+
+
+@app.command()
+def forget(
+    user_id: Annotated[str, typer.Argument(help="The user to erase (an erasure request).")],
+    model: Annotated[Path, typer.Option(help="The model directory the server uses.")],
+    data_dir: Annotated[Path | None, typer.Option(help="The embedded server's data directory.")] = None,
+    store: Annotated[
+        str, typer.Option(help="memory (the embedded log and state in --data-dir) or redis://HOST:PORT.")
+    ] = "memory",
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+) -> None:
+    """Forget a user: their events leave the event log (compacted), the replay checkpoints and the
+    state snapshot; their request manifests go (explaining one answers 410). Their share of item
+    aggregates stays, anonymised, so every other user's lists still explain identically. Stop the
+    embedded server first (or send DELETE /v1/users/USER_ID to it)."""
+    import json
+
+    with _errors():
+        settings = _settings(config, model_dir=model, store=store, data_dir=data_dir)
+        engine = _open_engine(settings, None)
+        try:
+            result = engine.forget(user_id)
+        finally:
+            engine.close()
+        console.print_json(json.dumps(result.to_dict()))
 
 
 @app.command()

@@ -165,6 +165,10 @@ class Settings:
     surfaces: Mapping[str, SurfaceConfig] = field(default_factory=default_surfaces)
     state_ttl_s: int = 30 * 24 * 3600
     snapshot_every_events: int = 50_000
+    #: Replay checkpoints (``checkpoints.sqlite``; explain and forget fold from the nearest one):
+    #: one after this many folded events or this many seconds of event time, whichever comes first.
+    checkpoint_every_events: int = 10_000
+    checkpoint_every_s: float = 86_400.0
     max_batch_events: int = 1000
     #: Request manifests kept (the oldest beyond this are pruned).
     request_log_retention: int = 1_000_000
@@ -210,6 +214,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         _require(self.state_ttl_s > 0, "state_ttl_s", "a positive integer", self.state_ttl_s)
+        every, every_s = self.checkpoint_every_events, self.checkpoint_every_s
+        _require(every >= 1, "checkpoint_every_events", "an integer >= 1", every)
+        _require(every_s > 0, "checkpoint_every_s", "a positive number of seconds", every_s)
         _require(1 <= self.max_batch_events <= 100_000, "max_batch_events", "1..100000", self.max_batch_events)
         _require(0 <= self.port <= 65535, "port", "0..65535", self.port)
         _require(1 <= self.stream_partitions <= 1024, "stream_partitions", "1..1024", self.stream_partitions)
@@ -288,6 +295,7 @@ _INT_KEYS = (
     "port",
     "state_ttl_s",
     "snapshot_every_events",
+    "checkpoint_every_events",
     "max_batch_events",
     "request_log_retention",
     "stream_partitions",
@@ -297,6 +305,7 @@ _INT_KEYS = (
     "max_concurrent",
 )
 _FLOAT_KEYS = (
+    "checkpoint_every_s",
     "store_timeout_ms",
     "l1_max_age_ms",
     "max_queue_ms",

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from insession.catalog import Item, item_of, parse_item
+from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore
 from insession.clock import Clock, SystemClock
 from insession.config import Settings, SurfaceConfig
 from insession.errors import (
@@ -41,6 +42,8 @@ from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemA
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.profile import build_profile
 from insession.fold import FoldBatch, FoldStats
+from insession.forget import ForgetResult, forget_embedded, forget_on_redis
+from insession.forget import prepare as prepare_forget
 from insession.freshness import ServingLists
 from insession.log import AppendResult, EventLog
 from insession.log.items import ITEMS_FILE, FileItemLog, ItemLog, StoreItemLog
@@ -259,6 +262,8 @@ class Engine:
         #: The online factor model (``online.factors``) when the ranker was trained to read it; it
         #: learns in the embedded engine only (on Redis it stays at the trained vectors).
         self.factors = for_model(model)
+        #: Replay checkpoints explain and forget fold from (embedded, opened from a data directory).
+        self.checkpoints: CheckpointStore | None = None
         self._restore_items()
         #: Model hot swap (``model_swap.py``): the versions loaded, the one recorded as active.
         self.models = ModelSwap(self, store, self.items, settings.model_dir)
@@ -373,6 +378,7 @@ class Engine:
                 store = MemoryFeatureStore(clock)
         try:
             engine = cls(settings, model, log, store, clock, snapshot, requests, FileItemLog(data_dir / ITEMS_FILE))
+            engine.checkpoints = CheckpointStore(data_dir / CHECKPOINTS_FILE)
             engine.catch_up(progress)
         except BaseException:
             log.close()  # releases the data directory for whatever is run to mend it
@@ -716,7 +722,7 @@ class Engine:
                 "have no common position to replay to"
             )
         model, _ = self.model_serving(request_id)
-        return Explainer(model, self.settings, self.log, self.requests).explain(request_id)
+        return Explainer(model, self.settings, self.log, self.requests, self.checkpoints).explain(request_id)
 
     def model_serving(self, request_id: str) -> tuple[ModelBundle, Path | None]:
         """The model (and its directory) that computed the list of ``request_id``: the one served
@@ -728,6 +734,33 @@ class Engine:
         version = served.model_version if served is not None else self.model.version
         model = self.models.model_for(version) or self.model
         return model, self.models.directory(model.version) or self.settings.model_dir
+
+    def forget(self, user_id: str) -> ForgetResult:
+        """Erase a user: their events from the log (compacted), the checkpoints and the state, the
+        lists kept for them and their manifests; their share of item aggregates stays, anonymised
+        (``insession.forget``)."""
+        if isinstance(self.log, SqliteEventLog):  # the long fold, outside the ingest lock
+            prepare_forget(user_id, self.settings, self.model, self.log, self.checkpoints)
+        with self._lock:
+            if isinstance(self.log, RedisStreamEventLog):
+                health = self.store_health()
+                backlog = int(health.get("fold_backlog", 0)) + int(health.get("item_backlog", 0))
+                now = self.clock.now_ms()
+                return forget_on_redis(user_id, self.settings, self.log, self.store, self.requests, backlog, now)
+            if not isinstance(self.log, SqliteEventLog) or not isinstance(self.store, MemoryFeatureStore):
+                raise Unsupported("forget: needs the embedded log and store, or Redis")
+            result = forget_embedded(
+                user_id,
+                self.settings,
+                self.model,
+                self.log,
+                self.store,
+                self.checkpoints,
+                self.requests,
+                self.clock.now_ms(),
+            )
+            self._snapshot_locked()  # the snapshot on disk held the user's state: rewritten now
+            return result
 
     def _intent(self, req: RecommendRequest, state: SessionState | None) -> npt.NDArray[np.float32]:
         """The current session embedding, for deciding whether a kept list still fits."""
@@ -834,3 +867,5 @@ class Engine:
         self.log.close()
         if self.requests is not None:
             self.requests.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()

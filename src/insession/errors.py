@@ -65,6 +65,12 @@ class NotFound(InsessionError):
     status = 404
 
 
+class Gone(InsessionError):
+    """What was asked for existed and was erased on purpose (a forgotten user's manifests)."""
+
+    status = 410
+
+
 class ModelError(InsessionError):
     """A model directory is missing, incomplete or does not match its recorded version."""
 

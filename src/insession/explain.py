@@ -1,9 +1,11 @@
 """Recompute a served list from its manifest and the event log, and say why each item is there.
 
 The state is rebuilt by folding the event log up to the manifest's position with the engine's own
-folds (``replay.Replay``), and the list is recomputed by the same ``Recommender.recommend`` with
-the request's moment-dependent decisions replayed (``Forced``: tier, skipped sources, ranked
-rows) instead of re-decided, and the list the user had seen before. If the recomputed list is not
+folds (``replay.Replay``), from the nearest checkpoint at or before it when there is a checkpoint
+file (``insession.checkpoints``; the fold leaves new ones behind by the size/time policy), and the
+list is recomputed by the same ``Recommender.recommend`` with the request's moment-dependent
+decisions replayed (``Forced``: tier, skipped sources, ranked rows) instead of re-decided, and the
+list the user had seen before. If the recomputed list is not
 the served one, the explanation says so and shows where they part (``identical: false``).
 """
 
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint_of, fold_with_checkpoints
 from insession.config import Settings
-from insession.errors import ModelError, NotFound
+from insession.errors import Gone, ModelError, NotFound
 from insession.filters import Filters
 from insession.log import EventLog
 from insession.manifest import Manifest, RequestLog
@@ -72,12 +76,22 @@ class Explainer:
     """Explains manifests against one model and one event log; replays the log incrementally, so
     explaining many requests in log order folds it once."""
 
-    def __init__(self, model: ModelBundle, settings: Settings, log: EventLog, requests: RequestLog) -> None:
+    def __init__(
+        self,
+        model: ModelBundle,
+        settings: Settings,
+        log: EventLog,
+        requests: RequestLog,
+        checkpoints: CheckpointStore | None = None,
+    ) -> None:
         self.model = model
         self.settings = settings
         self.log = log
         self.requests = requests
         self.recommender = Recommender(model, settings.surfaces, settings.session.timeout_ms)
+        #: Where folds start from and leave checkpoints (``None``: always from the start of the log).
+        self.checkpoints = checkpoints
+        self._generation = checkpoints.generation() if checkpoints is not None else 0
         self._replay = self._fresh()
         self._position = 0
         self._by_version: dict[str, Recommender] = {}
@@ -97,9 +111,45 @@ class Explainer:
         return found
 
     def _fresh(self) -> Replay:
+        if self.checkpoints is not None:
+            return self._from_checkpoint(self.checkpoints, 0)
         return Replay(self.settings.session, learn=self.settings.learn_online, factors=for_model(self.model))
 
+    def _fingerprint(self) -> str:
+        return fingerprint_of(self.settings, self.model)
+
+    def _from_checkpoint(self, checkpoints: CheckpointStore, position: int) -> CheckpointedReplay:
+        """A fold from the nearest checkpoint at or before ``position``."""
+        factors = for_model(self.model)
+        fp = self._fingerprint()
+        return CheckpointedReplay(
+            checkpoints,
+            fp,
+            checkpoints.nearest(fp, position),
+            self.settings.session,
+            learn=self.settings.learn_online,
+            factors=factors,
+            every_events=self.settings.checkpoint_every_events,
+            every_ms=int(self.settings.checkpoint_every_s * 1000),
+        )
+
     def _fold_to(self, position: int) -> None:
+        if self.checkpoints is not None:
+            replay = self._replay
+            generation = self.checkpoints.generation()
+            stale = generation != self._generation  # a user was erased since: what was folded may hold them
+            if (
+                not isinstance(replay, CheckpointedReplay)
+                or stale
+                or position < self._position
+                or (self.checkpoints.nearest(replay.fp, position) > self._position)
+            ):
+                self._generation = generation
+                replay = self._from_checkpoint(self.checkpoints, position)
+            self._replay = replay
+            fold_with_checkpoints(self.log, replay, position)
+            self._position = max(replay.position, position)
+            return
         if position < self._position:
             self._replay, self._position = self._fresh(), 0
         for pos, event in self.log.read(after=self._position):
@@ -109,8 +159,33 @@ class Explainer:
             self._position = pos
         self._position = max(self._position, position)
 
+    def follow(self, max_events: int = 5_000) -> int:
+        """Fold up to ``max_events`` events past what is folded (or the newest checkpoint), leaving
+        checkpoints by the policy: run in idle time, it keeps the newest checkpoint near the end of
+        the log, so explaining a recent list folds only the events since; caught up, it leaves one
+        at the end of the log once a tenth of ``checkpoint_every_events`` has arrived since the
+        newest. Returns the events read (0: caught up, or no checkpoint file)."""
+        if self.checkpoints is None:
+            return 0
+        positions = self.checkpoints.positions(self._fingerprint())
+        after = max(self._position, positions[-1] if positions else 0)
+        read = [position for position, _ in self.log.read(after=after, limit=max_events)]
+        if read:
+            self._fold_to(read[-1])
+        replay = self._replay
+        caught_up = len(read) < max_events
+        if caught_up and isinstance(replay, CheckpointedReplay) and replay.pending >= self._tail_checkpoint_events():
+            replay.checkpoint()  # at the end of the log: a recent list's explanation folds almost nothing
+        return len(read)
+
+    def _tail_checkpoint_events(self) -> int:
+        return max(self.settings.checkpoint_every_events // 10, 1)
+
     def manifest(self, request_id: str) -> Manifest:
         found = self.requests.get(request_id)
+        if found is None and (erased := self.requests.erased_at(request_id)) is not None:
+            when = datetime.fromtimestamp(erased / 1000, tz=UTC).isoformat(timespec="seconds")
+            raise Gone(f"request_id: {request_id!r} was served to a user whose data was erased at {when} (forget)")
         if found is None:
             raise NotFound(f"request_id: no manifest for {request_id!r} (unknown, or pruned by retention)")
         return found

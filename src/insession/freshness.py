@@ -30,7 +30,7 @@ from insession.config import SurfaceConfig
 from insession.model_swap import trained_version
 from insession.pipeline import RecommendedItem, RecommendRequest, RecommendResponse
 from insession.sessions import SessionState
-from insession.store import FeatureStore
+from insession.store import USER_VALUES, FeatureStore
 
 
 def _guards(state: SessionState | None) -> tuple[Hashable, ...]:
@@ -79,8 +79,7 @@ def drift(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
 
 
 #: The user's serving values in the feature store (``FeatureStore.get_user``/``put_user``).
-SHOWN = "shown"
-KEPT = "kept"
+SHOWN, KEPT = USER_VALUES
 #: Kept lists per user (request shapes: surface, k, context, filters); the oldest go first.
 MAX_KEPT = 8
 

@@ -84,6 +84,7 @@ class RequestLog:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS manifests (seq INTEGER PRIMARY KEY, request_id TEXT UNIQUE, body TEXT)"
         )
+        self._db.execute("CREATE TABLE IF NOT EXISTS erased (request_id TEXT PRIMARY KEY, erased_ms INTEGER)")
         self._lock = threading.Lock()
         self._writes = 0
 
@@ -103,6 +104,31 @@ class RequestLog:
         with self._lock:
             row = self._db.execute("SELECT body FROM manifests WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else Manifest.from_json(row[0])
+
+    def erase_user(self, user_id: str, now_ms: int) -> int:
+        """Delete the manifests of ``user_id``'s requests (the user is erased), keeping only their
+        request ids and the time, so explaining one answers 410 rather than 404; returns how many.
+        Deleted rows are overwritten (``secure_delete``) and the WAL truncated."""
+        with self._lock:
+            ids = [
+                str(r[0])
+                for r in self._db.execute(
+                    "SELECT request_id FROM manifests WHERE json_extract(body, '$.user_id') = ?", (user_id,)
+                )
+            ]
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM manifests WHERE request_id = ?", [(r,) for r in ids])
+            self._db.executemany("INSERT OR REPLACE INTO erased VALUES (?, ?)", [(r, now_ms) for r in ids])
+            self._db.execute("COMMIT")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(ids)
+
+    def erased_at(self, request_id: str) -> int | None:
+        """When the manifest of ``request_id`` was erased with its user (``None``: it was not)."""
+        with self._lock:
+            row = self._db.execute("SELECT erased_ms FROM erased WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def ids(self) -> list[str]:
         with self._lock:

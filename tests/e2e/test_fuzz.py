@@ -80,7 +80,8 @@ def test_the_document_is_valid_names_its_schemas_and_lists_every_status(engine: 
         ("/v1/events", "post", {"200", "400", "401", "408", "413", "422", "500", "503"}),
         ("/v1/recommendations", "post", {"200", "400", "401", "408", "413", "422", "500", "503"}),
         ("/v1/recommendations", "get", {"200", "304", "401", "422", "500", "503"}),
-        ("/v1/explain/{request_id}", "get", {"200", "401", "404", "422", "500", "501", "503"}),
+        ("/v1/explain/{request_id}", "get", {"200", "401", "404", "410", "422", "500", "501", "503"}),
+        ("/v1/users/{user_id}", "delete", {"200", "401", "422", "500", "503"}),
         ("/readyz", "get", {"200", "503"}),
     ):
         responses = paths[path][method]["responses"]

@@ -38,6 +38,53 @@ end
 return out
 """
 
+#: Rewrite a partition's stream without one user's entries (``XDEL`` only marks entries deleted:
+#: their bytes stay in the stream's nodes, in memory and in RDB files, so erasure rewrites).
+#: KEYS: the stream, a scratch key in its slot. ARGV: the user id.
+#: Consumer groups are carried over at their last-delivered id (the caller makes sure nothing is
+#: pending); the stream's last id is kept, so later ids stay above every earlier one.
+#: Returns the removed entries' bodies.
+_ERASE_USER = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+local removed, kept = {}, {}
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  local body = nil
+  for i = 1, #fields, 2 do if fields[i] == 'e' then body = fields[i + 1] end end
+  if body ~= nil and cjson.decode(body)['user_id'] == ARGV[1] then
+    removed[#removed + 1] = body
+  else
+    kept[#kept + 1] = entry
+  end
+end
+if #removed == 0 then return removed end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last = '0-0'
+for i = 1, #info, 2 do if info[i] == 'last-generated-id' then last = info[i + 1] end end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+redis.call('DEL', KEYS[2])
+for _, entry in ipairs(kept) do
+  local args = {'XADD', KEYS[2], entry[1]}
+  for _, v in ipairs(entry[2]) do args[#args + 1] = v end
+  redis.call(unpack(args))
+end
+for _, g in ipairs(groups) do
+  local name, delivered = nil, '0-0'
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then delivered = g[i + 1] end
+  end
+  redis.call('XGROUP', 'CREATE', KEYS[2], name, delivered, 'MKSTREAM')
+end
+if #kept == 0 and #groups == 0 then
+  redis.call('DEL', KEYS[1])
+  return removed
+end
+redis.call('XSETID', KEYS[2], last)
+redis.call('RENAME', KEYS[2], KEYS[1])
+return removed
+"""
+
 
 def position_of(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
@@ -127,6 +174,22 @@ class RedisStreamEventLog:
             if limit is not None and n >= limit:
                 return
             yield item
+
+    def erase_user(self, user_id: str) -> list[Event]:
+        """Remove every event of ``user_id`` from its partition's stream (the stream is rewritten
+        without them, in one script: Redis is busy for the time it takes to copy the partition)
+        and the dedup keys of those events; returns the events removed. Call it only when the
+        workers have folded everything (``backlog`` 0): pending deliveries are not carried over."""
+        p = partition_of(user_id, self.partitions)
+        stream = self.keys.stream(p)
+        bodies = self.guard.call(
+            "erase_user", lambda: self.client.eval(_ERASE_USER, 2, stream, stream + ":rewrite", user_id)
+        )
+        events = [Event.from_json(b.decode() if isinstance(b, bytes) else str(b)) for b in bodies]
+        if events:
+            seen = [self.keys.seen(p, e.event_id) for e in events]
+            self.guard.call("erase_user", lambda: self.client.delete(*seen))
+        return events
 
     def last_position(self) -> int:
         pipe = self.client.pipeline(transaction=False)

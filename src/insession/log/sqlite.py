@@ -121,6 +121,33 @@ class SqliteEventLog:
                 found.update(str(r[0]) for r in rows)
         return found
 
+    def user_events(self, user_id: str) -> list[tuple[int, Event]]:
+        """Every event of ``user_id`` in the log, in position order (one scan of the log)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT position, body FROM events WHERE user_id = ? ORDER BY position", (user_id,)
+            ).fetchall()
+        return [(int(pos), _decode(int(pos), body, self.path)) for pos, body in rows]
+
+    def erase_user(self, user_id: str) -> int:
+        """Delete every event of ``user_id`` (compaction for an erasure request); returns how many.
+        The deleted rows are overwritten (``secure_delete``) and the WAL truncated, so no copy of
+        them is left in the file; other events keep their positions, and positions are never reused
+        (``AUTOINCREMENT``)."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA secure_delete=ON")
+                self._conn.execute("BEGIN IMMEDIATE")
+                n = self._conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+                self._conn.execute("COMMIT")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as exc:
+                if self._conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                raise _fault(self.path, "erase the events of one user; none was erased", exc) from exc
+        return int(n)
+
     def last_position(self) -> int:
         with self._lock:
             row = self._conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()

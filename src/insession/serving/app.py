@@ -110,6 +110,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         "/v1/events": write,
         "/v1/items": KeyRule(settings.write_keys, "change the catalog"),
         "/v1/admin/model": KeyRule(settings.write_keys, "swap the model"),
+        "/v1/users/{user_id}": KeyRule(settings.write_keys, "erase users"),
         "/v1/recommendations": read,
         "/v1/explain/{request_id}": read,
         "/v1/catalog": read,
@@ -330,6 +331,19 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
         path = FsPath(body.path) if body.path is not None else None
         return engine.models.swap(path=path, version=body.version)
 
+    @app.delete(
+        "/v1/users/{user_id}",
+        response_model=None,
+        responses={200: {"model": schemas.Forgotten}, **errors(401, 422), 501: ERROR_501},
+    )
+    def delete_user(request: Request, user_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
+        """Forget a user (an erasure request): their events leave the event log (compacted), the
+        replay checkpoints and the live state; their request manifests go (explaining one answers
+        410). Their share of item aggregates stays, anonymised; every other user's lists still
+        explain identically. 503 on Redis while the workers have events to fold: retry."""
+        with admit(request, settings.write_keys, "erase users"):
+            return engine.forget(user_id).to_dict()
+
     if bare_endpoint:
 
         @app.post("/v1/bench/bare", response_model=None, responses=errors(*BODY_ERRORS))
@@ -342,7 +356,7 @@ def create_app(engine: Engine, metrics: ServiceMetrics | None = None, bare_endpo
     @app.get(
         "/v1/explain/{request_id}",
         response_model=None,
-        responses={200: {"model": schemas.Explanation}, **errors(401, 404, 422), 501: ERROR_501},
+        responses={200: {"model": schemas.Explanation}, **errors(401, 404, 410, 422), 501: ERROR_501},
     )
     async def get_explain(
         request: Request, request_id: Annotated[str, Path(min_length=1, max_length=128)]

@@ -5,7 +5,9 @@ server's process it holds the GIL in turns with every list being served, and lis
 tenfold under explanation traffic (benchmarks/explain_share.py), however few ran at once. Here a
 child process (started once, at a lower CPU priority) keeps its own ``Explainer`` (its own model
 copy, read connections to the event and request logs, and the fold state between calls, so
-explaining lists in log order folds the log once). The server sends a request id and the model
+explaining lists in log order folds the log once). In idle time it folds the log's newest events
+into replay checkpoints (``insession.checkpoints``), so explaining a recent list costs the events
+since the newest checkpoint, however long the log. The server sends a request id and the model
 version that served lists now (with the items that joined the catalog online since training, when
 it changed) and waits for the answer without holding the GIL. Its share of the server's time is
 still bounded by ``TimeShare`` in front of it.
@@ -32,6 +34,10 @@ from insession.model import ModelBundle
 logger = logging.getLogger(__name__)
 #: The child's nice increment: when both cores are busy, the scheduler favours the server.
 NICE = 10
+#: Idle this long, the child folds up to ``FOLLOW_EVENTS`` more events into checkpoints
+#: (``Explainer.follow``), so an explanation of a recent list starts from a recent checkpoint.
+IDLE_S = 1.0
+FOLLOW_EVENTS = 5_000
 
 
 class ExplainProcess:
@@ -94,6 +100,7 @@ class ExplainProcess:
 def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
     """The child: explain each request id received until ``None`` arrives or the pipe closes."""
     from insession.catalog import Item
+    from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore
     from insession.engine import LOG_FILE
     from insession.explain import Explainer
     from insession.log.sqlite import SqliteEventLog
@@ -105,9 +112,13 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
     loaded_from = model_dir
     log = SqliteEventLog(settings.data_dir / LOG_FILE)
     requests = RequestLog(settings.data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
-    explainer = Explainer(trained, settings, log, requests)
+    checkpoints = CheckpointStore(settings.data_dir / CHECKPOINTS_FILE)
+    explainer = Explainer(trained, settings, log, requests, checkpoints)
     while True:
         try:
+            while not conn.poll(IDLE_S):  # idle: keep the newest checkpoint near the end of the log
+                with contextlib.suppress(InsessionError, OSError):
+                    explainer.follow(FOLLOW_EVENTS)
             message = conn.recv()
         except EOFError:
             break
@@ -117,10 +128,10 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
         try:
             if directory != loaded_from:  # a model swapped in (or back): the list's own model
                 trained, loaded_from = ModelBundle.load(Path(directory)), directory
-                explainer = Explainer(trained, settings, log, requests)
+                explainer = Explainer(trained, settings, log, requests, checkpoints)
             if added is not None and version != explainer.model.version:
                 model = trained.with_items([Item.from_dict(d) for d in added]) if added else trained
-                explainer = Explainer(model, settings, log, requests)
+                explainer = Explainer(model, settings, log, requests, checkpoints)
             conn.send(("ok", explainer.explain(request_id).to_dict()))
         except InsessionError as exc:
             conn.send(("error", (exc.status, exc.message)))
@@ -129,3 +140,4 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
             conn.send(("error", (500, "internal error")))
     log.close()
     requests.close()
+    checkpoints.close()

@@ -82,6 +82,13 @@ ERRORS: dict[int, dict[str, Any]] = {
         "description": "No such request_id (explain), or no such path.",
         **_error_example(404, "request_id: no manifest for 'r-1'"),
     },
+    410: {
+        "description": "The request was served to a user whose data was erased (DELETE /v1/users/{user_id}): "
+        "its manifest is gone on purpose.",
+        **_error_example(
+            410, "request_id: 'r-1' was served to a user whose data was erased at 2026-12-02T15:00:00+00:00 (forget)"
+        ),
+    },
     408: {
         "description": "The body did not arrive within body_timeout_ms; the connection is closed.",
         **_error_example(
@@ -354,6 +361,20 @@ class ItemsResult(BaseModel):
     unchanged: int
     rejected: list[RejectedEvent] = Field(description="Each refused item: its index and every field at fault.")
     model_version: str
+
+
+class Forgotten(BaseModel):
+    """What ``DELETE /v1/users/{user_id}`` erased: counts only (nothing about the user is kept)."""
+
+    events: int = Field(description="The user's events removed from the event log (compacted).")
+    manifests: int = Field(description="The user's request manifests removed; explaining them answers 410.")
+    checkpoints_written: int = Field(
+        description="Replay checkpoints at the user's events, so every other list still explains identically."
+    )
+    checkpoint_entries: int = Field(description="Checkpoint entries removed (the user's states) or anonymised.")
+    items_anonymised: int = Field(description="Items whose recent events no longer carry the user's key.")
+    session: bool = Field(description="Whether the user had live state (now removed).")
+    notes: list[str]
 
 
 class CatalogItem(BaseModel):

@@ -7,6 +7,11 @@ from typing import Protocol
 
 from insession.sessions import SessionState
 
+#: The names of a user's serving values (``get_user``/``put_user``): the list last shown per
+#: surface and the lists kept for reuse (``freshness.ServingLists``). Erasing a user
+#: (``drop_session``) removes them with the session.
+USER_VALUES = ("shown", "kept")
+
 
 class FeatureStore(Protocol):
     """Keyed state with a time-to-live.

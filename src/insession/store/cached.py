@@ -109,6 +109,12 @@ class CachedStore:
     def get_counts(self, namespace: str, keys: Sequence[str]) -> list[int]:
         return self.inner.get_counts(namespace, keys)
 
+    def invalidate(self, namespace: str, keys: Sequence[str]) -> None:
+        """Drop the L1 copies of ``keys`` (changed in Redis by someone else, e.g. an erasure)."""
+        with self._lock:
+            for key in keys:
+                self._entries.pop((namespace, key), None)
+
     def applied_position(self) -> int:
         return self.inner.applied_position()
 

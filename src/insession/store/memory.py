@@ -52,6 +52,13 @@ class MemoryFeatureStore:
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         self._sessions[user_id] = (state, self._clock.now_ms() + ttl_s * 1000)
 
+    def drop_session(self, user_id: str) -> bool:
+        """Remove ``user_id``'s state and serving values now (the user is erased); whether there
+        was a state."""
+        with self._lock:
+            self._user_kv.pop(user_id, None)
+            return self._sessions.pop(user_id, None) is not None
+
     def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
         table = self._kv.get(namespace, {})
         now = self._clock.now_ms()

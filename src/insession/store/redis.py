@@ -35,6 +35,7 @@ from typing import Any
 from insession.clock import Clock, SystemClock
 from insession.redis_backend import Keys, RedisGuard, connect, mget, queue
 from insession.sessions import SessionState
+from insession.store import USER_VALUES
 
 _EXPIRY = 8
 
@@ -79,6 +80,12 @@ class RedisFeatureStore:
     def put_session(self, user_id: str, state: SessionState, ttl_s: int) -> None:
         value, px = self.wrap(state.to_bytes(), ttl_s)
         self.guard.call("put_session", lambda: self.client.set(self.keys.session(user_id), value, px=px))
+
+    def drop_session(self, user_id: str) -> bool:
+        """Remove ``user_id``'s state and serving values now (the user is erased; one slot: the
+        keys share the user's hash tag); whether there was anything."""
+        names = [self.keys.session(user_id), *(self.keys.user_value(n, user_id) for n in USER_VALUES)]
+        return bool(self.guard.call("drop_session", lambda: self.client.delete(*names)))
 
     def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
         return self._read("get_many", [self.keys.value(namespace, k) for k in keys])

@@ -1,0 +1,84 @@
+"""Replay checkpoints: a fold started from the nearest checkpoint reaches exactly the state a fold
+from the start of the log reaches, and only reads the events after that checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint, fold_with_checkpoints
+from insession.config import SessionConfig
+from insession.datasets.synthetic import SyntheticShop
+from insession.events import Event
+from insession.log.sqlite import SqliteEventLog
+from insession.replay import Replay
+
+
+class CountingLog(SqliteEventLog):
+    """A log that counts the events read from it."""
+
+    read_count = 0
+
+    def read(self, after: int = 0, limit: int | None = None):  # type: ignore[no-untyped-def]
+        for pair in super().read(after, limit):
+            self.read_count += 1
+            yield pair
+
+
+CFG = SessionConfig()
+FP = fingerprint(CFG, True, False, "m")
+
+
+def opened(tmp_path: Path, shop: SyntheticShop, n: int) -> tuple[CountingLog, CheckpointStore, list[Event]]:
+    """A log of the shop's first ``n`` events (in time order) and an empty checkpoint file."""
+    log = CountingLog(tmp_path / "events.sqlite")
+    events = sorted(shop.events, key=lambda e: e.ts)[:n]
+    log.append(events)
+    return log, CheckpointStore(tmp_path / "checkpoints.sqlite"), events
+
+
+def test_a_fold_from_the_nearest_checkpoint_reaches_the_state_of_a_fold_from_the_start(
+    tmp_path: Path, shop: SyntheticShop
+) -> None:
+    cfg, fp = CFG, FP
+    log, store, _ = opened(tmp_path, shop, 3000)
+    first = CheckpointedReplay(store, fp, 0, cfg, every_events=400, every_ms=10**12)
+    fold_with_checkpoints(log, first, 2000)
+    written = store.positions(fp)
+    assert written == [400 * n for n in range(1, 6)]  # the size policy, up to where it folded
+
+    for target in (399, 400, 1234, 2000, 2999):
+        full = Replay(cfg)
+        for position, event in log.read():
+            if position > target:
+                break
+            full.apply(position, event)
+        base = store.nearest(fp, target)
+        replay = CheckpointedReplay(store, fp, base, cfg, every_events=400, every_ms=10**12)
+        log.read_count = 0
+        fold_with_checkpoints(log, replay, target)
+        assert log.read_count <= target - base + 1  # the events after the checkpoint (and one to stop)
+        for user in sorted(full.states):
+            got = replay.state(user)
+            assert got is not None and got.to_bytes() == full.states[user].to_bytes(), (target, user)
+        for item in sorted(full.activity):
+            assert replay.lookup([item])[0] == full.activity[item], (target, item)
+        for item in sorted(full.followers):
+            assert replay.neighbours([item])[0] == full.followers[item], (target, item)
+    # Folding past 2000 from there left the policy's checkpoints beyond the newest one only.
+    assert store.positions(fp)[:5] == written and store.positions(fp)[-1] <= 2999
+    store.close()
+    log.close()
+
+
+def test_a_fold_started_before_an_erasure_writes_no_checkpoint_after_it(tmp_path: Path, shop: SyntheticShop) -> None:
+    cfg, fp = CFG, FP
+    log, store, events = opened(tmp_path, shop, 600)
+    replay = CheckpointedReplay(store, fp, 0, cfg, every_events=200, every_ms=10**12)
+    fold_with_checkpoints(log, replay, 300)
+    assert store.positions(fp) == [200]
+    user = events[0].user_id
+    store.erase_user(user, [])  # meanwhile: its in-memory state may hold the erased user
+    fold_with_checkpoints(log, replay, 600)
+    assert store.positions(fp) == [200] and not store.holds_user(user)
+    store.close()
+    log.close()
