@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from insession.candidates.ann import AnnIndex
-from insession.candidates.session_index import SessionIndex
 from insession.catalog import Catalog, Item
 from insession.errors import ModelError
+from insession.index.ann import AnnIndex
+from insession.index.session_index import SessionIndex
 from insession.sequence.model import SequenceModel
 
 MODEL_FORMAT = 1

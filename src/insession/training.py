@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from insession.candidates.ann import AnnIndex
-from insession.candidates.session_index import SessionIndex
 from insession.catalog import Item, catalog_from_events
 from insession.config import SessionConfig
 from insession.events import Event, EventType
+from insession.index.ann import AnnIndex
+from insession.index.session_index import SessionIndex
 from insession.model import CovisitMatrix, ModelBundle
 from insession.ranking.features import FEATURE_NAMES
 from insession.ranking.train import RankerConfig, ReplayData, fit_ranker, replay_groups

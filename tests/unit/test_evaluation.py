@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from insession.candidates.session_index import KnnConfig
 from insession.clock import MINUTE_MS, ManualClock
 from insession.config import SessionConfig, Settings
 from insession.datasets.synthetic import SyntheticShop
@@ -19,6 +18,7 @@ from insession.evaluation.baselines import Popular, SequentialRules, SessionKNN,
 from insession.evaluation.protocol import plan
 from insession.evaluation.runner import EVAL_SURFACE, run_engine, state_view
 from insession.events import Event, EventType
+from insession.index.session_index import KnnConfig
 from insession.model import ModelBundle
 from insession.pipeline import Recommender, RecommendRequest
 from insession.sessions import fold

@@ -8,13 +8,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from insession.candidates.session_index import KnnConfig
 from insession.clock import MINUTE_MS
 from insession.config import SessionConfig
 from insession.evaluation.baselines import BASELINES, SequentialRules, SessionKNN, TrainingSessions, fit_baselines
 from insession.evaluation.protocol import Split, plan
 from insession.evaluation.streaming import LivePopular, LiveRules, LiveSessionKNN, learning, run_learning
 from insession.events import Event, EventType
+from insession.index.session_index import KnnConfig
 from insession.training import sessionize
 
 T0 = 1_700_000_000_000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from insession.candidates.base import Candidate, RequestContext, from_arrays
-from insession.candidates.session_index import KnnConfig
 from insession.events import EventType
+from insession.index.session_index import KnnConfig
 
 
 class SessionKnnSource:

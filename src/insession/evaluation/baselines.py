@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from insession.candidates.session_index import KnnConfig, SessionIndex
+from insession.index.session_index import KnnConfig, SessionIndex
 from insession.training import SessionArrays
 
 IntArray = npt.NDArray[np.int64]

@@ -27,10 +27,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from insession.candidates.session_index import KnnConfig, SessionIndex, select
 from insession.config import SessionConfig
 from insession.evaluation.baselines import Baseline, LongTerm, Popular, SequentialRules, SessionKNN, top_k
 from insession.evaluation.protocol import TARGET_TYPES, Plan
+from insession.index.session_index import KnnConfig, SessionIndex, select
 from insession.sessions import SessionState, advance
 
 IntArray = npt.NDArray[np.int64]
