@@ -357,7 +357,7 @@ def demo(
     workdir: Annotated[Path | None, typer.Option(help="Keep log and model here (default: a temp dir).")] = None,
 ) -> None:
     """Generate a synthetic shop, train, show the list adapting to a session, then serve."""
-    from insession.datasets.synthetic import ShopConfig, generate
+    from insession.datasets.synthetic import demo_config, generate
 
     with _errors():
         clock = SystemClock()
@@ -365,7 +365,7 @@ def demo(
         today = clock.now_ms() // DAY_MS * DAY_MS
         console.rule("insession demo")
         with console.status("generating a synthetic shop"):
-            shop = generate(ShopConfig(seed=seed, end_ms=today))
+            shop = generate(demo_config(seed, today))
         console.print(
             f"synthetic shop: {len(shop.items)} items in "
             f"{len({i.category for i in shop.items})} categories, "

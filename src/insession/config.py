@@ -144,13 +144,20 @@ class SurfaceConfig:
         )
 
 
+#: The churn budget of every default surface: the tightest point of the relevance-vs-churn curve
+#: (``evaluate --churn-curve``) that costs under 1% NDCG@20 (docs/evaluation.md, relevance vs churn).
+DEFAULT_MAX_NEW = 5
+
+
 def default_surfaces() -> dict[str, SurfaceConfig]:
     return {
-        "home": SurfaceConfig("home"),
-        "product_page": SurfaceConfig("product_page", exclude_seen=False, exclude_current_item=True),
-        "cart": SurfaceConfig("cart", exclude_cart=True),
-        "search_prequery": SurfaceConfig("search_prequery"),
-        "continue": SurfaceConfig("continue", exclude_seen=True),
+        "home": SurfaceConfig("home", max_new=DEFAULT_MAX_NEW),
+        "product_page": SurfaceConfig(
+            "product_page", exclude_seen=False, exclude_current_item=True, max_new=DEFAULT_MAX_NEW
+        ),
+        "cart": SurfaceConfig("cart", exclude_cart=True, max_new=DEFAULT_MAX_NEW),
+        "search_prequery": SurfaceConfig("search_prequery", max_new=DEFAULT_MAX_NEW),
+        "continue": SurfaceConfig("continue", exclude_seen=True, max_new=DEFAULT_MAX_NEW),
     }
 
 

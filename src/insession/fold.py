@@ -59,7 +59,7 @@ def item_effects(
     weighted = event.type in ACTIVITY_WEIGHTS  # other events leave item activity as it is (``bump``)
     if not (learn and covisit.counts(event)):
         return ItemEffects(event, bump=weighted)
-    pairs = covisit.previous_items(covisit.before(old_state, event, session))
+    pairs = covisit.previous_items(covisit.before(old_state, event, session), event.item_id)
     return ItemEffects(event, bump=weighted, follows=tuple(pairs))
 
 

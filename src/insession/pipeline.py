@@ -39,6 +39,7 @@ from insession.candidates.sequence import SequenceSource
 from insession.config import SurfaceConfig
 from insession.errors import FieldError, ValidationError, describe
 from insession.features.activity import ItemActivity
+from insession.features.novelty import followers_at, latest_item
 from insession.features.profile import ProfileConfig, build_profile
 from insession.features.streaming import AnchorConfig, session_anchors
 from insession.filters import NO_FILTERS, Filters, allowed, restricts
@@ -270,13 +271,20 @@ class Recommender:
         the profile: the state is still there for the rules that keep purchases and dismissals out."""
         anchors: tuple[tuple[int, float], ...] = ()
         online: dict[int, float] = {}
+        last: tuple[dict[int, float], float] = ({}, 0.0)
         profile = None
         if personal:
             index = self.model.catalog.index
             weighted = session_anchors(state, self.cfg.anchors, req.now_ms, self.session_timeout_ms)
             anchors = tuple((index[item_id], w) for item_id, w in weighted if item_id in index)
-            online = self._followers(weighted, neighbours, req.now_ms)
             profile = build_profile(state, self.model, req.now_ms, self.session_timeout_ms, self.cfg.profile)
+            latest = latest_item(profile)
+            read = [i for i, _ in weighted[: self.cfg.online_anchors]]
+            if latest is not None and latest not in read:
+                read.append(latest)  # one read for both: the anchors' followers and the latest's
+            found = dict(zip(read, neighbours(read), strict=True)) if read else {}
+            online = self._followers(weighted, lambda ids: [found.get(i) for i in ids], req.now_ms)
+            last = followers_at(found.get(latest) if latest is not None else None, index, req.now_ms)
         return RequestContext(
             user_id=req.user_id,
             surface=req.surface,
@@ -285,6 +293,8 @@ class Recommender:
             model=self.model,
             anchors=anchors,
             online=online,
+            online_last=last[0],
+            online_last_total=last[1],
             factors=factors if personal else None,
             now_ms=req.now_ms,
             current_item=req.context.get("item_id"),
@@ -305,8 +315,11 @@ class Recommender:
         for (_, w), found in zip(weighted, neighbours([i for i, _ in weighted]), strict=True):
             if found is None or not found.weights or found.weights[0] <= 0:
                 continue
-            scale = w / found.weights[0]  # decay scales a whole row alike: skip it
-            for item_id, weight in zip(found.items, found.weights, strict=True):
+            shared = found.shared(now_ms)  # decayed, only what other users may read
+            if not shared:
+                continue
+            scale = w / max(shared.values())
+            for item_id, weight in shared.items():
                 idx = index.get(item_id)
                 if idx is not None:
                     out[idx] = out.get(idx, 0.0) + weight * scale

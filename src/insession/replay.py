@@ -61,7 +61,7 @@ class Replay:
             self.activity[item] = bumped
         learning = self.learn if isinstance(self.learn, bool) else bool(self.learn[position - 1])
         if learning and covisit.counts(event):
-            pairs = covisit.previous_items(covisit.before(old_state, event, self.session_cfg))
+            pairs = covisit.previous_items(covisit.before(old_state, event, self.session_cfg), item)
             for p, w in pairs:
                 if p != item:
                     self.followers[p] = covisit.add(self.followers.get(p), item, w, event.ts)

@@ -324,13 +324,17 @@ def _replay_window(
     ranker: RankerConfig,
     progress: Progress,
     previous: ModelBundle | None,
+    lag: float = 0.0,
 ) -> tuple[ReplayData, ModelBundle] | None:
-    """Ranking groups from the ``w``-th latest slice of the events, replayed against parts fitted before it."""
+    """Ranking groups from the ``w``-th latest slice of the events, replayed against parts fitted
+    before it (with ``lag`` > 0: fitted before a cut that fraction of the events earlier, while the
+    replay's online folds learn from every event: a window with novelty in it)."""
     n = len(event_list)
     start = event_list[int(n * (1 - w * ranker.holdout_fraction))].ts
     end = event_list[int(n * (1 - (w - 1) * ranker.holdout_fraction))].ts if w > 1 else None
+    fit_before = event_list[int(n * (1 - w * ranker.holdout_fraction - lag))].ts if lag > 0 else start
     seen = [e for e in event_list if end is None or e.ts < end]
-    early = [e for e in seen if e.ts < start]
+    early = [e for e in seen if e.ts < fit_before]
     if not early:
         return None
     done = 0.7 * (ranker.windows - w) / ranker.windows
@@ -364,13 +368,22 @@ def end_children(procs: Sequence[Any], state: dict[str, Any]) -> None:
     state.clear()
 
 
-def _window_child(w: int, queue: Any) -> None:
+def _windows(cfg: TrainConfig, ranker: RankerConfig) -> list[tuple[int, float]]:
+    """The replay windows as ``(w, lag)``, in the order their groups are kept: the novelty window
+    first (its groups are as recent as the latest window's, so that window stays last and
+    validates), then the windows oldest first."""
+    novelty = [(1, ranker.novelty_lag)] if ranker.novelty_lag > 0 and cfg.learn_online else []
+    return novelty + [(w, 0.0) for w in range(ranker.windows, 0, -1)]
+
+
+def _window_child(key: tuple[int, float], queue: Any) -> None:
     s = _FORK_STATE
+    w, lag = key
     try:
-        window = _replay_window(s["events"], w, s["cfg"], s["session_cfg"], s["items"], s["ranker"], _noop, None)
-        queue.put((w, None if window is None else window[0], None))
+        window = _replay_window(s["events"], w, s["cfg"], s["session_cfg"], s["items"], s["ranker"], _noop, None, lag)
+        queue.put((key, None if window is None else window[0], None))
     except BaseException as exc:  # reported, so the parent fails with the reason instead of hanging
-        queue.put((w, None, f"{type(exc).__name__}: {exc}"))
+        queue.put((key, None, f"{type(exc).__name__}: {exc}"))
 
 
 def _replay_windows_forked(
@@ -386,14 +399,14 @@ def _replay_windows_forked(
     ctx = mp.get_context("fork")
     _FORK_STATE.update(events=event_list, cfg=cfg, session_cfg=session_cfg, items=items, ranker=ranker)
     queue = ctx.Queue()
-    windows = list(range(ranker.windows, 0, -1))
+    windows = _windows(cfg, ranker)
     procs = [ctx.Process(target=_window_child, args=(w, queue), daemon=True) for w in windows]
     try:
         for p in procs:
             p.start()
         progress(f"replaying {len(windows)} windows for the ranker in parallel; fitting the served parts", 0.05)
         final = train_parts(event_list, cfg, session_cfg, items, lambda st, f: progress(st, 0.05 + 0.25 * f))
-        found: dict[int, ReplayData | None] = {}
+        found: dict[tuple[int, float], ReplayData | None] = {}
         while len(found) < len(windows):
             try:
                 w, data, error = queue.get(timeout=1.0)
@@ -449,11 +462,13 @@ def train(
             # computations, the same results, on every core.
             parts, final = _replay_windows_forked(event_list, cfg, session_cfg, items, ranker, progress)
         else:
-            for w in range(ranker.windows, 0, -1):  # oldest window first, so groups stay in time order
-                window = _replay_window(event_list, w, cfg, session_cfg, items, ranker, progress, previous)
+            for w, lag in _windows(cfg, ranker):  # oldest window last but one: groups stay in time order
+                init = None if lag else previous
+                window = _replay_window(event_list, w, cfg, session_cfg, items, ranker, progress, init, lag)
                 if window is not None:
                     parts.append(window[0])
-                    previous = window[1]
+                    if not lag:
+                        previous = window[1]
         data = ReplayData.concat(parts)
         if len(data.groups) >= 20:
             progress("fitting the ranker", 0.7)

@@ -94,6 +94,11 @@ def test_three_clicks_in_one_category_change_the_row_and_explain_opens(
 
         page.locator(".row[data-surface='home'] li").first.locator("button.why").click()
         expect(page.locator("#explain-body")).to_contain_text("Candidate sources", timeout=20_000)
+        # One plain-language reason comes first, before the tables.
+        reason = page.locator("#explain-body p.reason")
+        expect(reason).to_have_count(1)
+        assert reason.inner_text().endswith(".") and "_" not in reason.inner_text()
+        assert page.locator("#explain-body > *").nth(1).get_attribute("class") == "reason"
         expect(page.locator("#explain-body")).to_contain_text("identical")
         shot = tmp_path / "demo-page.png"
         page.screenshot(path=str(shot), full_page=False)

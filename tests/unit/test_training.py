@@ -114,7 +114,13 @@ def test_ranker_replay_learns_online_only_when_the_model_will() -> None:
     items = [Item(i) for i in ("a", "b", "c", "d", "e")]
     early = session("u1", ["c", "d", "e"]) + session("u2", ["d", "c"], start=T0 + 10_000)
     start = T0 + 3_600_000
-    window = session("x", ["a", "b"], start=start) + session("y", ["a", "b"], start=start + 60_000)
+    # Two shoppers teach a -> b: a transition is shared once about two sessions made it
+    # (covisit.MIN_SHARED_WEIGHT), so one shopper's path is not shown to others.
+    window = (
+        session("x", ["a", "b"], start=start)
+        + session("x2", ["a", "b"], start=start + 30_000)
+        + session("y", ["a", "b"], start=start + 60_000)
+    )
     events = early + window
     cfg = SessionConfig()
     base = train_parts(early, TrainConfig(), cfg, items)
@@ -123,5 +129,5 @@ def test_ranker_replay_learns_online_only_when_the_model_will() -> None:
     for learn in (True, False):
         data = replay_groups(events, base, cfg, start, RankerConfig(negatives=3), learn_online=learn)
         seen[learn] = float(data.x[data.y > 0, column].max())
-    assert seen[True] > 0  # y's "b" follows the a -> b that x taught the online counts
+    assert seen[True] > 0  # y's "b" follows the a -> b that x and x2 taught the online counts
     assert seen[False] == 0.0

@@ -29,6 +29,10 @@ class RequestContext:
     anchors: tuple[tuple[int, float], ...]  # (dense item index, weight), heaviest first
     #: Online co-visitation score per dense item index, from the anchors' learned followers.
     online: Mapping[int, float] = field(default_factory=dict)
+    #: The latest session item's own online followers: decayed weights (not scaled) by dense item
+    #: index, and the sum over all its followers (known to the model or not).
+    online_last: Mapping[int, float] = field(default_factory=dict)
+    online_last_total: float = 0.0
     #: The online factor model as of this request (``None``: none).
     factors: OnlineFactors | None = None
     now_ms: int = 0  # request time, recorded so the request replays

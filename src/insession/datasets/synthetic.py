@@ -46,12 +46,25 @@ class ShopConfig:
     intent_shift_prob: float = 0.08
     seed: int = 7
     end_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    #: Emerging transitions: each trend starts on a random day and, for ``trend_days``, brings
+    #: ``trend_sessions`` shoppers (distinct, new) who go from a popular item A to an item X of
+    #: another category, far down the popular list (a promotion, a fashion). Real shops have them;
+    #: a ranker learns when to trust what it sees online only from data that has them. Drawn from
+    #: their own generator: the other events are the same with or without them.
+    trends: int = 0
+    trend_days: float = 3.0
+    trend_sessions: int = 40
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_categories <= len(CATEGORIES):
             raise ValueError(f"n_categories: expected 1..{len(CATEGORIES)}, got {self.n_categories}")
         if self.items_per_category < self.styles_per_category:
             raise ValueError("items_per_category: expected >= styles_per_category")
+
+
+def demo_config(seed: int = 7, end_ms: int = 1_767_225_600_000) -> ShopConfig:
+    """The shop ``insession demo`` serves: the default shop with a dozen emerging trends."""
+    return ShopConfig(seed=seed, end_ms=end_ms, trends=12)
 
 
 @dataclass(slots=True)
@@ -132,8 +145,41 @@ def generate(cfg: ShopConfig | None = None) -> SyntheticShop:
                 if rng.random() < 0.4:
                     events.append(_event(len(events), user, EventType.PURCHASE, ts, items[item]))
                     ts += int(rng.integers(5_000, 30_000))
+    events += _trends(cfg, items, events)
     events.sort(key=lambda e: (e.ts, e.event_id))
     return SyntheticShop(items, events, tastes)
+
+
+def _trends(cfg: ShopConfig, items: list[Item], events: list[Event]) -> list[Event]:
+    """Sessions ``A -> X`` (then another item of X's category) by distinct new shoppers, one burst
+    per trend; A among the 100 most viewed items, X in the less viewed half of another category."""
+    if cfg.trends <= 0:
+        return []
+    rng = np.random.default_rng([cfg.seed, 1])
+    counts: dict[str, int] = {}
+    for e in events:
+        counts[e.item_id or ""] = counts.get(e.item_id or "", 0) + 1
+    by_count = sorted((i for i in items if i.item_id in counts), key=lambda i: (-counts[i.item_id], i.item_id))
+    head, tail = by_count[:100], by_count[len(by_count) // 2 :]
+    start_ms = cfg.end_ms - cfg.days * DAY_MS
+    span = int(cfg.trend_days * DAY_MS)
+    out: list[Event] = []
+    for t in range(cfg.trends):
+        a = head[int(rng.integers(len(head)))]
+        others = [i for i in tail if i.category != a.category]
+        x = others[int(rng.integers(len(others)))]
+        same = [i for i in items if i.category == x.category and i.item_id != x.item_id]
+        begin = int(rng.integers(start_ms, cfg.end_ms - span))
+        for k in range(cfg.trend_sessions):
+            user = f"t{t:02d}-{k:03d}"
+            ts = begin + int(rng.integers(span))
+            then = same[int(rng.integers(len(same)))]
+            for step, item in enumerate((a, x, then)):
+                kind = EventType.CLICK if rng.random() < 0.3 else EventType.VIEW
+                out.append(
+                    _event(len(events) + len(out), user, kind, ts + step * int(rng.integers(8_000, 90_000)), item)
+                )
+    return out
 
 
 def _event(n: int, user: str, kind: EventType, ts: int, item: Item) -> Event:

@@ -8,8 +8,10 @@ counter is folded from the event stream by the same fold as session state and it
 ``p -> item``. Each item keeps its ``MAX_NEIGHBOURS`` heaviest followers, their weights halving
 every ``HALF_LIFE_MS`` of event time, so the lists are bounded and forget.
 
-Events the guard rail caps (``features.activity.capped``) are not counted, so a bot cannot make
-its item everyone's follower.
+Events the guard rail caps (``features.activity.capped``) are not counted, and an item event
+that repeats an item already in its session adds no pairs (each session says "A, then X" once),
+so a bot going A -> X over and over weighs what one shopper does and cannot make its item
+everyone's follower; many distinct sessions do.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ NAMESPACE = "covisit_online"
 LOOKBACK = 3
 MAX_NEIGHBOURS = 50
 HALF_LIFE_MS = 3 * 24 * 3_600_000
+#: Guard rail on sharing: a learned transition reaches other users' lists (and the ranker's
+#: features) only once its decayed weight reaches this, about two distinct sessions' worth (a
+#: session adds at most ~1 to a pair): one shopper's path, or one bot's, is not shared.
+MIN_SHARED_WEIGHT = 1.5
 
 
 def counts(event: Event) -> bool:
@@ -56,6 +62,11 @@ class Neighbours:
         f = _decay(now_ms - self.last_ts)
         return {i: w * f for i, w in zip(self.items, self.weights, strict=True)}
 
+    def shared(self, now_ms: int) -> dict[str, float]:
+        """``at(now_ms)`` without the transitions lighter than ``MIN_SHARED_WEIGHT``: what other
+        users' requests may read."""
+        return {i: w for i, w in self.at(now_ms).items() if w >= MIN_SHARED_WEIGHT}
+
 
 def _decay(age_ms: int) -> float:
     return math.exp(-math.log(2) * max(age_ms, 0) / HALF_LIFE_MS)
@@ -74,9 +85,12 @@ def add(old: Neighbours | None, item: str, weight: float, ts: int) -> Neighbours
     return Neighbours(last, tuple(i for i, _ in ranked), tuple(w for _, w in ranked))
 
 
-def previous_items(events: Sequence[Interaction]) -> list[tuple[str, float]]:
+def previous_items(events: Sequence[Interaction], item: str | None = None) -> list[tuple[str, float]]:
     """The pairs an item event adds, given the session's item events before it: up to
-    ``LOOKBACK`` previous counted events, latest first, each ``(item, 1/d)``."""
+    ``LOOKBACK`` previous counted events, latest first, each ``(item, 1/d)``. None when ``item``
+    (the event's item) is already among the session's counted events: a repeat adds nothing."""
+    if item is not None and any(i.item_id == item and i.type in ACTIVITY_WEIGHTS for i in events):
+        return []
     out: list[tuple[str, float]] = []
     d = 0
     for inter in reversed(events):

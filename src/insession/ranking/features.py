@@ -17,6 +17,7 @@ import numpy.typing as npt
 from insession.candidates.base import RequestContext
 from insession.candidates.merge import Merged
 from insession.features.activity import ItemActivity, activity_features
+from insession.features.novelty import NOVELTY_FEATURES, latest_item, novelty_features
 
 FEATURE_NAMES: tuple[str, ...] = (
     "covisit_score",
@@ -72,7 +73,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "sequence_rank_inv",
     "covisit_online_score",
     "online_factor_score",
+    *NOVELTY_FEATURES,
 )
+NOVELTY_START = FEATURE_NAMES.index(NOVELTY_FEATURES[0])
 DEVICES = {"mobile": 1.0, "desktop": 2.0, "tablet": 3.0, "app": 4.0}
 #: Which feature column holds each candidate source's own score (flags for popular and recent).
 SOURCE_COLUMNS = {
@@ -148,6 +151,18 @@ def feature_matrix(
     x[:, 42] = np.where(history_rank > 0, 1.0 / np.maximum(history_rank, 1.0), 0.0)
     _last_items(ctx, items, x)
     _sequence(ctx, items, x)
+    latest = latest_item(profile)
+    latest_idx = catalog.index.get(latest) if latest is not None else None
+    x[:, NOVELTY_START:] = novelty_features(
+        items,
+        ctx.online_last,
+        ctx.online_last_total,
+        model.covisit.row(latest_idx) if latest_idx is not None else None,
+        model.popularity,
+        float(model.params.get("train", {}).get("popularity_half_life_days", 7.0)),
+        activity,
+        ctx.now_ms,
+    )
     x[:, 6] = np.log1p(model.popularity[items])
     emb = model.embeddings[items]
     x[:, 11] = emb @ profile.session_embedding

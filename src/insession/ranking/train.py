@@ -50,12 +50,23 @@ class RankerConfig:
     min_events: int = 2_000
     seed: int = 0
     threads: int = 2
+    #: One more replay of the latest window, against candidate parts fitted on the events before
+    #: an older cut (this fraction of the events earlier), while the online folds learn from all
+    #: events: what happened between the two cuts is known online only, as what happens after
+    #: training is on a live server. Its groups hold emerging transitions and trends, so the
+    #: ranker learns when to trust the online signals. 0: no such window. Used only when the
+    #: model serves with online learning (``TrainConfig.learn_online``).
+    novelty_lag: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction: expected 0..1 (exclusive), got {self.holdout_fraction}")
         if self.windows < 1 or self.windows * self.holdout_fraction >= 1:
             raise ValueError(f"windows: expected >= 1 with windows * holdout_fraction < 1, got {self.windows}")
+        if self.novelty_lag < 0 or self.holdout_fraction + self.novelty_lag >= 1:
+            raise ValueError(
+                f"novelty_lag: expected >= 0 with holdout_fraction + novelty_lag < 1, got {self.novelty_lag}"
+            )
         if self.max_groups < 10 or self.negatives < 1:
             raise ValueError("max_groups >= 10 and negatives >= 1 expected")
 

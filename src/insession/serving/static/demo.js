@@ -190,6 +190,33 @@ function table(rows, head) {
   return t;
 }
 
+// One plain-language reason, from the feature that raised the item's score most (the table below
+// gives them all). ``after``: the name of the item the shopper looked at last.
+const REASONS = [
+  [/^(covisit_online|item_users_24h)/, (c) => `People who viewed ${c.after} went on to this in the last hours.`],
+  [/^item_(trend|events_(5m|1h))|^popularity_live/, () => "Many shoppers are looking at this right now."],
+  [/^covisit_(score|from_last|from_previous)|^session_knn/, (c) => `Shoppers who viewed ${c.after} often view this next.`],
+  [/^(seen_count_session|from_recent|session_recency_inv|is_last_session_item|in_cart)/, () => "You looked at this in this visit."],
+  [/^(category_share_session|same_category_as_current)/, (c) => `More from ${c.category}, the category you are browsing.`],
+  [/^(category_share_history|brand_share_history|user_ann|sim_user_embedding|seen_in_history|history_)/, (c) => `From your favourite category, ${c.category}.`],
+  [/^(sim_last_item|session_ann|sim_session_embedding|sequence_|content_score)/, (c) => `Similar to ${c.after}.`],
+  [/^(popularity_trained|from_popular)/, () => "A best-seller in this shop."],
+];
+
+function reason(item, known) {
+  const last = state.items.get(state.lastItem);
+  const context = { after: last ? last.name : "what you viewed", category: known.category || "this category" };
+  const ranked = Object.entries(item.contributions || {}).filter(([k, v]) => k !== "(bias)" && v > 0)
+    .sort((a, b) => b[1] - a[1]);
+  for (const [feature] of ranked) {
+    const found = REASONS.find(([pattern]) => pattern.test(feature));
+    if (found) return found[1](context);
+  }
+  if (item.sources.covisit_online != null) return REASONS[0][1](context);
+  if (item.sources.popular != null) return REASONS[7][1](context);
+  return `Picked for this visit from ${Object.keys(item.sources).join(", ") || "the catalog"}.`;
+}
+
 async function explain(requestId, itemId) {
   const panel = document.getElementById("explain");
   const body = document.getElementById("explain-body");
@@ -211,6 +238,7 @@ async function explain(requestId, itemId) {
         : "Recomputed list differs from the served one: " + data.diff.join("; ")),
     el("p", {}, `tier ${data.tier}` + (data.cut.length ? `, cut: ${data.cut.join(", ")}` : ""))];
   if (item) {
+    parts.splice(1, 0, el("p", { class: "reason" }, reason(item, known)));
     parts.push(el("p", { class: "score" }, `position ${item.position}, score ${item.score.toFixed(4)}`));
     parts.push(el("h4", {}, "Candidate sources"),
       table(Object.entries(item.sources).map(([k, v]) => [k, Number(v).toFixed(4)]), ["source", "source score"]));
