@@ -39,13 +39,13 @@ from insession.candidates.sequence import SequenceSource
 from insession.config import SurfaceConfig
 from insession.errors import FieldError, ValidationError, describe
 from insession.features.activity import ItemActivity
-from insession.features.novelty import followers_at, latest_item
 from insession.features.profile import ProfileConfig, build_profile
 from insession.features.streaming import AnchorConfig, session_anchors
 from insession.filters import NO_FILTERS, Filters, allowed, restricts
 from insession.model import ModelBundle
 from insession.online import bandit, covisit
 from insession.online.factors import OnlineFactors
+from insession.online.novelty import followers_at, latest_item
 from insession.ranking.features import feature_matrix
 from insession.ranking.learned import LearnedScorer
 from insession.ranking.simple import SimpleScorer

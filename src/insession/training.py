@@ -24,8 +24,8 @@ from insession.events import Event, EventType
 from insession.index.ann import AnnIndex
 from insession.index.session_index import SessionIndex
 from insession.model import CovisitMatrix, ModelBundle
+from insession.ranker_training import RankerConfig, ReplayData, fit_ranker, replay_groups
 from insession.ranking.features import FEATURE_NAMES
-from insession.ranking.train import RankerConfig, ReplayData, fit_ranker, replay_groups
 from insession.sequence.train import SequenceConfig, fit_sequence, torch_missing, user_timelines
 from insession.sessions import split_sessions
 

@@ -2,7 +2,7 @@
 A-clicker's list, on ``home`` and on A's product page; one user (a bot) doing the same does not.
 
 Nothing here tells the ranker about the pattern: it learned when to trust the online signals
-(``features.novelty``) from the replay windows training gives it (``RankerConfig.novelty_lag``)."""
+(``online.novelty``) from the replay windows training gives it (``RankerConfig.novelty_lag``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from insession.engine import Engine
 from insession.events import Event, EventType
 from insession.model import ModelBundle
 from insession.pipeline import RecommendRequest
-from insession.ranking.train import RankerConfig
+from insession.ranker_training import RankerConfig
 from insession.training import train
 
 

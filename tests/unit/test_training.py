@@ -107,8 +107,8 @@ def test_ranker_replay_learns_online_only_when_the_model_will() -> None:
     """A pair first seen inside a replay window reaches the ranker's online co-visitation feature
     only when the model will serve learning online; frozen, the window sees only what came before it."""
     from insession.config import SessionConfig
+    from insession.ranker_training import RankerConfig, replay_groups
     from insession.ranking.features import FEATURE_NAMES
-    from insession.ranking.train import RankerConfig, replay_groups
     from insession.training import train_parts
 
     items = [Item(i) for i in ("a", "b", "c", "d", "e")]

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from insession.candidates.base import RequestContext
 from insession.candidates.merge import Merged
 from insession.features.activity import ItemActivity, activity_features
-from insession.features.novelty import NOVELTY_FEATURES, latest_item, novelty_features
+from insession.online.novelty import NOVELTY_FEATURES, latest_item, novelty_features
 
 FEATURE_NAMES: tuple[str, ...] = (
     "covisit_score",
