@@ -131,3 +131,14 @@ def test_ranker_replay_learns_online_only_when_the_model_will() -> None:
         seen[learn] = float(data.x[data.y > 0, column].max())
     assert seen[True] > 0  # y's "b" follows the a -> b that x and x2 taught the online counts
     assert seen[False] == 0.0
+
+
+def test_a_model_from_another_version_is_refused_naming_the_features(model: ModelBundle) -> None:
+    from insession.errors import ModelError
+    from insession.ranking.features import FEATURE_NAMES
+    from insession.ranking.learned import LearnedScorer
+
+    assert model.ranker is not None
+    older = [f for f in FEATURE_NAMES if f != "item_new"]
+    with pytest.raises(ModelError, match=r"reads \d+ features.*new: item_new.*insession train"):
+        LearnedScorer(model.ranker, older)

@@ -10,6 +10,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
+from insession.errors import ModelError
 from insession.ranking import compiled
 from insession.ranking.features import FEATURE_NAMES
 
@@ -21,7 +22,14 @@ class LearnedScorer:
         """``compile_dir``: where the compiled ranker is kept (the model's directory); ``None``
         scores with LightGBM only."""
         if tuple(feature_names) != FEATURE_NAMES:
-            raise ValueError("ranker features differ from this version's FEATURE_NAMES; retrain with `insession train`")
+            theirs, ours = tuple(feature_names), FEATURE_NAMES
+            added = [f for f in ours if f not in theirs]
+            gone = [f for f in theirs if f not in ours]
+            raise ModelError(
+                f"model: its ranker reads {len(theirs)} features, this version of insession computes {len(ours)}"
+                f" (new: {', '.join(added[:8]) or 'none'}; gone: {', '.join(gone[:8]) or 'none'}); "
+                "the model was trained by another version: retrain it with `insession train`"
+            )
         self.booster = lgb.Booster(model_str=model_text)
         #: The compiled model's predict once it is ready (``None``: LightGBM scores).
         self.compiled: compiled.Predict | None = None
