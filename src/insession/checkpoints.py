@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 import zlib
@@ -135,9 +136,10 @@ class CheckpointStore:
             row = self._db.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
         return int(row[0]) if row else 0
 
-    def erase_user(self, user_id: str, items: Sequence[str]) -> int:
+    def erase_user(self, user_id: str, items: Sequence[str], alias: int = -1) -> int:
         """Remove ``user_id``'s session states from every checkpoint and the user's key from the
-        recent events of ``items`` (their activity keeps the counts, anonymised); bumps the
+        recent events of ``items`` (replaced by ``alias``: their activity keeps the counts,
+        anonymised; see :func:`scrub_activity`); bumps the
         generation. Returns the entries removed or rewritten."""
         key = float(user_key(user_id))
         changed = 0
@@ -152,7 +154,7 @@ class CheckpointStore:
                     for fp, position, value in rows:
                         if value is None:
                             continue
-                        scrubbed = scrub_activity(zlib.decompress(value), key)
+                        scrubbed = scrub_activity(zlib.decompress(value), key, alias)
                         if scrubbed is not None:
                             self._db.execute(
                                 "UPDATE entries SET value = ? WHERE fingerprint = ? AND ns = ? AND key = ? "
@@ -186,13 +188,22 @@ class CheckpointStore:
             self._db.close()
 
 
-def scrub_activity(raw: bytes, key: float) -> bytes | None:
-    """``raw`` item activity with the user key ``key`` replaced by "unknown" (-1); ``None`` if it
-    holds none. Counts and times stay: the item's popularity does not change for anyone."""
+def erasure_alias() -> int:
+    """A random user key for one erasure, drawn from the same 32-bit range as ``user_key`` and
+    derived from nothing: it stands in for the erased user's key in item activity, so the
+    item's distinct-user counts and the per-user guard see what they saw before (other users'
+    lists explain identically), while nothing links it to the user."""
+    return secrets.randbelow(2**32)
+
+
+def scrub_activity(raw: bytes, key: float, alias: int = -1) -> bytes | None:
+    """``raw`` item activity with the user key ``key`` replaced by ``alias`` (one erasure's
+    :func:`erasure_alias`; -1 is "unknown"); ``None`` if it holds none. Counts and times stay: the
+    item's popularity does not change for anyone."""
     activity = ItemActivity.from_bytes(raw)
     if key not in activity.recent_users:
         return None
-    users = tuple(-1 if u == key else u for u in activity.recent_users)
+    users = tuple(alias if u == key else u for u in activity.recent_users)
     return ItemActivity(activity.decayed, activity.last_ts, activity.recent, users).to_bytes()
 
 

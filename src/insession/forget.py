@@ -9,7 +9,9 @@ What goes, embedded:
    with none of the erased events left to fold between that checkpoint and the request: so every
    other list explains identically after the events are gone from the log.
 2. The user's session states are deleted from every checkpoint; the user's 32-bit key is replaced
-   by "unknown" in the recent events of the items they touched (checkpoints and live store).
+   by one random alias (``checkpoints.erasure_alias``, drawn for this erasure, derived from
+   nothing) in the recent events of the items they touched (checkpoints and live store), so
+   distinct-user counts and the per-user guard are what they were.
 3. The log is compacted: the user's events are deleted (``secure_delete``: overwritten, not left
    in free pages; the WAL is truncated).
 4. The serving state: the user's session is dropped, with the lists kept for them; the state
@@ -38,6 +40,7 @@ from typing import Any
 from insession.checkpoints import (
     CheckpointedReplay,
     CheckpointStore,
+    erasure_alias,
     fingerprint_of,
     fold_with_checkpoints,
     scrub_activity,
@@ -113,13 +116,13 @@ def prepare(
         checkpoint_through(log, checkpoints, settings, model, [p for p, _ in events])
 
 
-def anonymise_items(store: FeatureStore, user_id: str, items: Sequence[str], ttl_s: int) -> int:
-    """Replace ``user_id``'s key by "unknown" in the live activity of ``items``; returns how many changed."""
+def anonymise_items(store: FeatureStore, user_id: str, items: Sequence[str], ttl_s: int, alias: int) -> int:
+    """Replace ``user_id``'s key by ``alias`` in the live activity of ``items``; returns how many changed."""
     key = float(user_key(user_id))
     found = store.get_many(ACTIVITY_NAMESPACE, list(items))
     changed = {}
     for item, raw in zip(items, found, strict=True):
-        scrubbed = None if raw is None else scrub_activity(raw, key)
+        scrubbed = None if raw is None else scrub_activity(raw, key, alias)
         if scrubbed is not None:
             changed[item] = scrubbed
     store.put_many(ACTIVITY_NAMESPACE, changed, ttl_s)
@@ -141,16 +144,17 @@ def forget_embedded(
     events = log.user_events(user_id)
     positions = [p for p, _ in events]
     items = sorted({e.item_id for _, e in events if e.item_id is not None})
+    alias = erasure_alias()  # one for the checkpoints and the live store alike
     written = entries = 0
     notes = []
     if checkpoints is not None:
         written = checkpoint_through(log, checkpoints, settings, model, positions)
-        entries = checkpoints.erase_user(user_id, items)
+        entries = checkpoints.erase_user(user_id, items, alias)
     else:
         notes.append("no checkpoint file: other users' earlier lists may no longer explain identically")
     n = log.erase_user(user_id)
     session = store.drop_session(user_id)
-    anonymised = anonymise_items(store, user_id, items, settings.state_ttl_s)
+    anonymised = anonymise_items(store, user_id, items, settings.state_ttl_s, alias)
     manifests = requests.erase_user(user_id, now_ms) if requests is not None else 0
     logger.info("erased a user: %d events, %d manifests", n, manifests)  # never the user id
     return ForgetResult(n, manifests, written, entries, anonymised, session, notes)
@@ -176,7 +180,7 @@ def forget_on_redis(
     removed: list[Event] = log.erase_user(user_id)
     items = sorted({e.item_id for e in removed if e.item_id is not None})
     session = inner.drop_session(user_id)
-    anonymised = anonymise_on_redis(inner, user_id, items)
+    anonymised = anonymise_on_redis(inner, user_id, items, erasure_alias())
     if isinstance(store, CachedStore):
         store.invalidate(ACTIVITY_NAMESPACE, items)
     manifests = requests.erase_user(user_id, now_ms) if requests is not None else 0
@@ -196,7 +200,9 @@ return 0
 """
 
 
-def anonymise_on_redis(store: RedisFeatureStore, user_id: str, items: Sequence[str], attempts: int = 20) -> int:
+def anonymise_on_redis(
+    store: RedisFeatureStore, user_id: str, items: Sequence[str], alias: int, attempts: int = 20
+) -> int:
     """:func:`anonymise_items` on Redis, each item by compare-and-set (one key: Cluster-safe)."""
     key = float(user_key(user_id))
     changed = 0
@@ -207,7 +213,7 @@ def anonymise_on_redis(store: RedisFeatureStore, user_id: str, items: Sequence[s
             payload = store.unwrap(raw)
             if payload is None:
                 break
-            scrubbed = scrub_activity(payload, key)
+            scrubbed = scrub_activity(payload, key, alias)
             if scrubbed is None:
                 break
             new = bytes(raw[: len(raw) - len(payload)]) + scrubbed  # the same expiry in front

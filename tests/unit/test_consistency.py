@@ -15,11 +15,22 @@ from insession.replay import Replay
 def test_offline_replay_reproduces_served_features(engine: Engine, clock: ManualClock, shop: SyntheticShop) -> None:
     engine.ingest_all(shop.events[: len(shop.events) // 2])
     user = shop.events[len(shop.events) // 2 - 1].user_id
-    for n, item in enumerate(shop.items_in("books")[:2] + shop.items_in("toys")[:1]):
-        clock.advance(15_000)
-        engine.ingest_raw(
-            [{"event_id": f"c{n}", "user_id": user, "type": "click", "item_id": item.item_id, "ts": clock.now_ms()}]
-        )
+    # Two other shoppers take the same path first: a transition is read by others only once more
+    # than one session made it (``online.covisit.MIN_SHARED_WEIGHT``).
+    for who in ("path-a", "path-b", user):
+        for n, item in enumerate(shop.items_in("books")[:2] + shop.items_in("toys")[:1]):
+            clock.advance(15_000)
+            engine.ingest_raw(
+                [
+                    {
+                        "event_id": f"{who}-c{n}",
+                        "user_id": who,
+                        "type": "click",
+                        "item_id": item.item_id,
+                        "ts": clock.now_ms(),
+                    }
+                ]
+            )
     served = engine.recommend(
         RecommendRequest(user, "product_page", 10, {"item_id": shop.items[3].item_id, "device": "mobile"})
     )

@@ -90,7 +90,8 @@ def test_a_model_trained_to_read_the_factors_serves_and_explains_them_exactly(
     user = sorted(shop.tastes)[3]
     served = engine.recommend(RecommendRequest(user, "home", 10, {}, "with-factors", clock.now_ms()))
     assert served.factors_version == live.version and served.features is not None
-    assert served.features[:, -1].any()  # the factor score reached the ranker
+    column = list(model.params["ranker"]["features"]).index("online_factor_score")
+    assert served.features[:, column].any()  # the factor score reached the ranker
     explained = engine.explain("with-factors")
     assert explained.identical and explained.manifest["factors_version"] == live.version
     # The state survives a restart (written with the snapshot).
