@@ -78,21 +78,30 @@ def server_ready(port: int, child: subprocess.Popen[bytes], procs: Processes, na
     return check
 
 
+def start_servers(
+    processes: Processes, redis_url: str, model_dir: Path, tmp_path: Path, *options: str
+) -> dict[str, int]:
+    """Servers ``a`` and ``b`` (``insession serve`` on ``redis_url``, no workers of their own),
+    each on a free loopback port, once both answer ``/healthz``; returns their ports."""
+    ports = {}
+    for name in ("a", "b"):
+        ports[name] = free_port()
+        child = processes.start(
+            f"server-{name}",
+            *("serve", "--model", str(model_dir), "--store", redis_url, "--workers", "0", *options),
+            *("--port", str(ports[name]), "--data-dir", str(tmp_path / f"data-{name}")),
+        )
+        wait_until(server_ready(ports[name], child, processes, f"server-{name}"), timeout_s=60)
+    return ports
+
+
 def test_events_posted_to_server_a_change_the_next_list_server_b_serves(
     redis_url: str, tmp_path: Path, model: ModelBundle, processes: Processes
 ) -> None:
     client = fresh_client(redis_url)
     model_dir = tmp_path / "model"
     model.save(model_dir)
-    ports = {}
-    for name in ("a", "b"):
-        ports[name] = free_port()
-        child = processes.start(
-            f"server-{name}",
-            *("serve", "--model", str(model_dir), "--store", redis_url, "--workers", "0"),
-            *("--port", str(ports[name]), "--data-dir", str(tmp_path / f"data-{name}")),
-        )
-        wait_until(server_ready(ports[name], child, processes, f"server-{name}"), timeout_s=60)
+    ports = start_servers(processes, redis_url, model_dir, tmp_path)
     for name in ("w1", "w2"):
         processes.start(name, "worker", "--store", redis_url, "--name", name, "--lease-ms", "1000")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 from test_redis_engine import wait_until
-from test_scale_out import Processes, backlog, server_ready
+from test_scale_out import Processes, backlog, start_servers
 
-from conftest import free_port, fresh_client, patient_surfaces
+from conftest import fresh_client, patient_surfaces
 from insession.clock import ManualClock
 from insession.config import Settings, SurfaceConfig
 from insession.datasets.synthetic import SyntheticShop
@@ -142,15 +142,7 @@ def test_two_serve_processes_alternating_give_a_user_the_lists_one_server_gives(
     model_dir, config = tmp_path / "model", tmp_path / "insession.toml"
     model.save(model_dir)
     config.write_text(CONFIG)
-    ports = {}
-    for name in ("a", "b"):
-        ports[name] = free_port()
-        child = processes.start(
-            f"server-{name}",
-            *("serve", "--model", str(model_dir), "--store", redis_url, "--workers", "0", "--config", str(config)),
-            *("--port", str(ports[name]), "--data-dir", str(tmp_path / f"data-{name}")),
-        )
-        wait_until(server_ready(ports[name], child, processes, f"server-{name}"), timeout_s=60)
+    ports = start_servers(processes, redis_url, model_dir, tmp_path, "--config", str(config))
     processes.start("worker", "worker", "--store", redis_url, "--name", "w", "--lease-ms", "1000")
     a, b = (httpx.Client(base_url=f"http://127.0.0.1:{ports[n]}", timeout=30) for n in ("a", "b"))
     store = RedisFeatureStore(client)
