@@ -86,7 +86,7 @@ def summary(ms: list[float]) -> dict[str, float]:
     return {
         "n": len(ms),
         "p50_ms": round(statistics.median(ms), 1),
-        "p99_ms": round(_pct(ms, 99), 1),
+        "p99_ms": round(_pct(ms, 0.99), 1),
         "max_ms": round(max(ms), 1),
     }
 

@@ -636,6 +636,7 @@ def import_history(
             settings = settings.with_(dedup_window_s=max(settings.dedup_window_s, settings.state_ttl_s))
         mapping = _mapping(settings, columns, event_types, properties, max_skipped)
         started = time.perf_counter()
+        checkpointing = ""
         with _progress() as progress:
             events, stats = _read(data, format, mapping, progress, "")
             catalog = _read_items(items) if items is not None else []
@@ -653,12 +654,20 @@ def import_history(
                 if not engine.folds_inline:
                     _fold_on_redis(engine, workers, progress)
             took = time.perf_counter() - started
+            if engine.folds_inline:  # explain's checkpoints: the first explanation does not fold the whole history
+                with _progress() as progress:
+                    task = progress.add_task("checkpoints for explain", total=None)
+                    t = time.perf_counter()
+                    folded = engine.write_checkpoints(lambda n, total: progress.update(task, completed=n, total=total))
+                    checkpointing = f"checkpoints for explain: {folded} events folded in {time.perf_counter() - t:.1f}s"
         finally:
             engine.close()
         console.print(f"read {stats.summary()}")
         if changed is not None:
             console.print(f"items: {changed.changed} added or changed, {changed.unchanged} as they were")
         console.print(f"{result.summary()} in {took:.1f}s ({len(events) / max(took, 1e-9):,.0f} events/s)")
+        if checkpointing:
+            console.print(checkpointing)
         refused = sum(result.refused.values())
         if events and refused / len(events) > mapping.max_skipped:
             why, count = result.refused.most_common(1)[0]

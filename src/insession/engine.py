@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from insession.catalog import Item, item_of, parse_item
-from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore
+from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore, fingerprint_of
 from insession.clock import Clock, SystemClock
 from insession.config import Settings, SurfaceConfig
 from insession.errors import (
@@ -723,6 +723,24 @@ class Engine:
             )
         model, _ = self.model_serving(request_id)
         return Explainer(model, self.settings, self.log, self.requests, self.checkpoints).explain(request_id)
+
+    def write_checkpoints(self, progress: Callable[[int, int], object] | None = None, step: int = 20_000) -> int:
+        """Fold the event log into replay checkpoints up to its end (what the server's explanation
+        process does in idle time), so the first explanation after a large import does not fold the
+        whole log. ``progress(folded, total)`` after each step. Returns the events folded (0 on Redis:
+        explain needs the embedded log)."""
+        if self.requests is None or self.checkpoints is None or not self.folds_inline:
+            return 0
+        explainer = Explainer(self.model, self.settings, self.log, self.requests, self.checkpoints)
+        known = self.checkpoints.positions(fingerprint_of(self.settings, self.model))
+        total = max(self.log.last_position() - (known[-1] if known else 0), 0)
+        done = 0
+        while (read := explainer.follow(max_events=step)) > 0:
+            done += read
+            if progress is not None:
+                progress(done, total)
+        explainer.checkpoint()  # at the end of the log: explaining the next list folds only what follows
+        return done
 
     def model_serving(self, request_id: str) -> tuple[ModelBundle, Path | None]:
         """The model (and its directory) that computed the list of ``request_id``: the one served

@@ -178,6 +178,11 @@ class Explainer:
             replay.checkpoint()  # at the end of the log: a recent list's explanation folds almost nothing
         return len(read)
 
+    def checkpoint(self) -> None:
+        """Record a checkpoint at what is folded now (if anything was folded since the newest)."""
+        if isinstance(self._replay, CheckpointedReplay) and self._replay.pending > 0:
+            self._replay.checkpoint()
+
     def _tail_checkpoint_events(self) -> int:
         return max(self.settings.checkpoint_every_events // 10, 1)
 

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -57,6 +58,14 @@ def test_own_data_in_five_minutes_runs_as_written(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
     assert "events accepted" in done.stdout and "0 added or changed, 1000 as they were" in done.stdout, done.stdout
+    # import leaves explain's checkpoints at the end of what it imported: the first explanation folds
+    # nothing, not the whole history
+    assert "checkpoints for explain:" in done.stdout, done.stdout
+    state = tmp_path / "shop" / "state"
+    with sqlite3.connect(state / "checkpoints.sqlite") as checkpoints, sqlite3.connect(state / "events.sqlite") as log:
+        newest = checkpoints.execute("SELECT MAX(position) FROM checkpoints").fetchone()[0]
+        last = log.execute("SELECT MAX(position) FROM events").fetchone()[0]
+    assert newest == last and last > 0
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "insession.cli", *steps[3][1:], "--port", str(port)],
