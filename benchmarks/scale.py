@@ -93,6 +93,14 @@ def timed(args: list[str], log: Path) -> dict[str, float]:
     return {"seconds": round(seconds, 1), "peak_rss_mib": round(int(rss.group(1)) / 1024)}
 
 
+def _rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` now (MiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     data = json.dumps(body).encode() if body is not None else None
@@ -103,7 +111,57 @@ def call(port: int, method: str, path: str, body: dict[str, Any] | None = None) 
     return response.status, payload
 
 
-def measure(n_events: int, work: Path, seed: int, lists: int) -> dict[str, Any]:
+def explain_lists(port: int, rng: np.random.Generator, users: int, lists: int) -> dict[str, Any]:
+    """Serve ``lists`` home lists to random users, let the server's explanation process catch its
+    checkpoints up (idle), then explain each: p50 / p99 and how many recomputed identically."""
+    ids = []
+    for u in rng.integers(0, users, lists):
+        status, body = call(port, "POST", "/v1/recommendations", {"user_id": f"u{u}", "surface": "home", "k": 10})
+        if status == 200:
+            ids.append(body["request_id"])
+    time.sleep(5)  # idle: the explanation process catches its checkpoints up
+    ms: list[float] = []
+    identical = refused = 0
+    for request_id in ids:
+        for _ in range(20):  # past explain_share the server answers 503 + Retry-After: wait, ask again
+            t = time.perf_counter()
+            status, body = call(port, "GET", f"/v1/explain/{request_id}")
+            if status != 503:
+                break
+            refused += 1
+            time.sleep(float(body.get("retry_after_s", 5)))
+        if status == 200:
+            ms.append((time.perf_counter() - t) * 1000)
+            identical += bool(body.get("identical"))
+    return {
+        "n": len(ms),
+        "identical": identical,
+        "p50_ms": round(statistics.median(ms), 1) if ms else None,
+        "p99_ms": round(_pct(ms, 0.99), 1),
+        "first_ms": round(ms[0], 1) if ms else None,
+        "refused_503": refused,
+    }
+
+
+def post_more(port: int, rng: np.random.Generator, shape: dict[str, int], n: int) -> dict[str, Any]:
+    """``n`` more events (clicks of known users on known items, after the history) over HTTP in
+    batches of 1,000."""
+    now = int(time.time() * 1000)
+    accepted = 0
+    for lo in range(0, n, 1000):
+        size = min(1000, n - lo)
+        users = rng.integers(0, shape["users"], size)
+        items = rng.integers(0, shape["items"], size)
+        events = [
+            {"event_id": f"more-{lo + j}", "user_id": f"u{u}", "item_id": f"i{i}", "type": "click", "ts": now + lo + j}
+            for j, (u, i) in enumerate(zip(users, items, strict=True))
+        ]
+        status, body = call(port, "POST", "/v1/events", {"events": events})
+        accepted += int(body.get("accepted", 0)) if status == 200 else 0
+    return {"posted": n, "accepted": accepted}
+
+
+def measure(n_events: int, work: Path, seed: int, lists: int, more: int) -> dict[str, Any]:
     csv = work / f"events-{n_events}.csv"
     t = time.perf_counter()
     shape = generate_csv(csv, n_events, seed)
@@ -118,7 +176,16 @@ def measure(n_events: int, work: Path, seed: int, lists: int) -> dict[str, Any]:
         ["import", "--data", str(csv), "--format", "generic", "--model", str(model), "--data-dir", str(data)],
         work / "import.log",
     )
-    figures["import"] = {**imported, "events_per_s": round(shape["events"] / imported["seconds"])}
+    text = (work / "import.log").read_text(errors="replace")
+    ingest = re.search(r"in ([\d.]+)s \(([\d,]+) events/s\)", text)
+    folded = re.search(r"checkpoints for explain: (\d+) events folded in ([\d.]+)s", text)
+    figures["import"] = {
+        **imported,
+        "events_per_s": round(shape["events"] / imported["seconds"]),  # the whole command, checkpoints included
+        "ingest_seconds": float(ingest.group(1)) if ingest else None,  # read, validate, log and fold
+        "ingest_events_per_s": int(ingest.group(2).replace(",", "")) if ingest else None,
+        "checkpoint_seconds": float(folded.group(2)) if folded else None,  # explain's checkpoints after it
+    }
     print(figures["import"], flush=True)
     port = _free_port()
     log = work / "serve.log"
@@ -127,35 +194,27 @@ def measure(n_events: int, work: Path, seed: int, lists: int) -> dict[str, Any]:
     try:
         _wait_ready(port, server, log, timeout_s=3600)
         figures["start_seconds"] = round(time.perf_counter() - t, 1)
+        figures["server_rss_mib_at_start"] = _rss_mib(server.pid)
         rng = np.random.default_rng(seed + 1)
-        ids = []
-        for u in rng.integers(0, shape["users"], lists):
-            status, body = call(port, "POST", "/v1/recommendations", {"user_id": f"u{u}", "surface": "home", "k": 10})
-            if status == 200:
-                ids.append(body["request_id"])
-        time.sleep(5)  # idle: the explanation process catches its checkpoints up
-        ms = []
-        identical = 0
-        refused = 0
-        for request_id in ids:
-            for _ in range(20):  # past explain_share the server answers 503 + Retry-After: wait, ask again
-                t = time.perf_counter()
-                status, body = call(port, "GET", f"/v1/explain/{request_id}")
-                if status != 503:
-                    break
-                refused += 1
-                time.sleep(float(body.get("retry_after_s", 5)))
-            if status == 200:
-                ms.append((time.perf_counter() - t) * 1000)
-                identical += bool(body.get("identical"))
-        figures["explain"] = {
-            "n": len(ms),
-            "identical": identical,
-            "p50_ms": round(statistics.median(ms), 1),
-            "p99_ms": round(_pct(ms, 99), 1),
-            "first_ms": round(ms[0], 1),
-            "refused_503": refused,
+        figures["explain"] = explain_lists(port, rng, shape["users"], lists)
+        rss = _rss_mib(server.pid)
+        figures["server_rss_mib_after_explain"] = rss
+        figures["server_rss_mib_per_million"] = {
+            "users": round(rss / shape["users"] * 1e6),
+            "items": round(rss / shape["items"] * 1e6),
+            "events": round(rss / shape["events"] * 1e6),
         }
+        print(figures["explain"], flush=True)
+        if more:
+            t = time.perf_counter()
+            figures["more_events"] = post_more(port, rng, shape, more)
+            figures["more_events"]["seconds"] = round(time.perf_counter() - t, 1)
+            figures["explain_after_more"] = explain_lists(port, rng, shape["users"], lists)
+            figures["explain_p50_ratio_after_more"] = round(
+                figures["explain_after_more"]["p50_ms"] / max(figures["explain"]["p50_ms"], 1e-9), 2
+            )
+            figures["server_rss_mib_after_more"] = _rss_mib(server.pid)
+            print(figures["explain_after_more"], flush=True)
     finally:
         stop_child(server)
     figures["data_dir_mib"] = {p.name: round(p.stat().st_size / 2**20, 1) for p in data.iterdir() if p.is_file()}
@@ -167,6 +226,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 3_000_000])
     parser.add_argument("--lists", type=int, default=30)
+    parser.add_argument("--more", type=int, default=150_000, help="events posted after the first explanations")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temporary dir)")
@@ -179,13 +239,13 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for n in args.events:
-            results["sizes"][str(n)] = measure(n, work, args.seed, args.lists)
+            results["sizes"][str(n)] = measure(n, work, args.seed, args.lists, args.more)
             write(results, args.out)
     sizes = results["sizes"]
-    if len(sizes) >= 2:
-        measured = list(sizes.values())
-        first, last = measured[0], measured[-1]
-        results["train_time_ratio"] = round(last["train"]["seconds"] / first["train"]["seconds"], 2)
+    if len(sizes) >= 2:  # the largest size's training time over the smallest's
+        small, large = sizes[str(min(args.events))], sizes[str(max(args.events))]
+        results["train_time_ratio"] = round(large["train"]["seconds"] / small["train"]["seconds"], 2)
+        results["train_time_ratio_of"] = f"{max(args.events)} / {min(args.events)} events"
         write(results, args.out)
 
 

@@ -37,6 +37,16 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the server's explanation process)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = task / "children"
+        if children.exists():
+            found.extend(int(c) for c in children.read_text().split())
+    return found
+
+
 def _shoppers(port: int, items: list[str], clients: int, seconds: float, seed: int, queue: Any) -> None:
     statuses: Counter[int] = Counter()
     latencies: dict[str, list[float]] = {}
@@ -142,6 +152,7 @@ def run(minutes: float, clients: int, items: int, seed: int) -> dict[str, Any]:
                 sample = {
                     "t_s": round(time.monotonic() - started, 1),
                     "rss_mb": round(_rss_mb(server.pid), 1),
+                    "children_rss_mb": round(sum(_rss_mb(c) for c in _children(server.pid)), 1),
                     "live_users": health.get("live_users"),
                     "log_position": health.get("log_position"),
                 }
@@ -155,6 +166,7 @@ def run(minutes: float, clients: int, items: int, seed: int) -> dict[str, Any]:
                 {
                     "t_s": round(time.monotonic() - started, 1),
                     "rss_mb": round(_rss_mb(server.pid), 1),
+                    "children_rss_mb": round(sum(_rss_mb(c) for c in _children(server.pid)), 1),
                     "live_users": final.get("live_users"),
                     "log_position": final.get("log_position"),
                 }
@@ -162,6 +174,21 @@ def run(minutes: float, clients: int, items: int, seed: int) -> dict[str, Any]:
         finally:
             stop_child(server)
     first_minute = [s["rss_mb"] for s in samples if s["t_s"] <= 70]
+
+    def at(minute: float, key: str = "rss_mb") -> float | None:
+        """The sample nearest ``minute`` into the run."""
+        near = min(samples, key=lambda s: abs(s["t_s"] - minute * 60), default=None)
+        return near.get(key) if near is not None else None
+
+    marks = [m for m in (10, 30, 60) if m <= minutes] or [minutes]
+    half = minutes / 2
+    growth = None
+    if samples and at(half) and at(minutes):
+        total_half, total_end = (
+            at(half) + (at(half, "children_rss_mb") or 0),
+            at(minutes) + (at(minutes, "children_rss_mb") or 0),
+        )
+        growth = round((total_end - total_half) / total_half * 100, 2)
     last_third = [s for s in samples if s["t_s"] >= seconds * 2 / 3]
     return {
         "minutes": minutes,
@@ -170,6 +197,9 @@ def run(minutes: float, clients: int, items: int, seed: int) -> dict[str, Any]:
         "rss_mb_at_start": samples[0]["rss_mb"] if samples else None,
         "rss_mb_after_first_minute": first_minute[-1] if first_minute else None,
         "rss_mb_at_end": samples[-1]["rss_mb"] if samples else None,
+        "rss_mb_at_minutes": {str(m): at(m) for m in marks},
+        "children_rss_mb_at_minutes": {str(m): at(m, "children_rss_mb") for m in marks},
+        "rss_growth_pct_over_last_half": growth,  # server + its explanation process
         "rss_mb_max": max(s["rss_mb"] for s in samples) if samples else None,
         "rss_mb_last_third_range": [min(s["rss_mb"] for s in last_third), max(s["rss_mb"] for s in last_third)]
         if last_third

@@ -38,7 +38,7 @@ from insession.features.activity import ItemActivity, user_key
 from insession.log import EventLog
 from insession.model import ModelBundle
 from insession.online import covisit
-from insession.online.factors import OnlineFactors
+from insession.online.factors import OnlineFactors, for_model
 from insession.replay import Replay
 from insession.sessions import SessionState
 
@@ -257,10 +257,12 @@ class CheckpointedReplay(Replay):
         factors: OnlineFactors | None = None,
         every_events: int = 10_000,
         every_ms: int = 86_400_000,
+        max_loaded: int = 20_000,
     ) -> None:
         super().__init__(session_cfg, learn=learn, factors=factors)
         self.store, self.fp = store, fp
         self.every_events, self.every_ms = every_events, every_ms
+        self.max_loaded = max_loaded
         self._states: Layered[SessionState] = Layered(lambda k: self._read(USERS, k, SessionState.from_bytes))
         self._activity: Layered[ItemActivity] = Layered(lambda k: self._read(ITEMS, k, ItemActivity.from_bytes))
         self._followers: Layered[covisit.Neighbours] = Layered(
@@ -331,6 +333,33 @@ class CheckpointedReplay(Replay):
         self._newest = max(self._newest, self.position)
         self.base = self.position  # values not yet read come from this checkpoint (the same as before)
         self._since, self._since_ts = 0, None
+        if self.loaded > self.max_loaded:  # bounded memory: what is dropped is read back from here
+            for table in (self._states, self._activity, self._followers):
+                table.reset()
+
+    @property
+    def loaded(self) -> int:
+        """Values held decoded (read from a checkpoint or folded since)."""
+        return len(self._states) + len(self._activity) + len(self._followers)
+
+
+def replay_from(
+    checkpoints: CheckpointStore, settings: Settings, model: ModelBundle, position: int
+) -> CheckpointedReplay:
+    """The fold explain and forget run for ``model`` under ``settings``, from the nearest checkpoint
+    at or before ``position``, leaving checkpoints by the settings' policy."""
+    fp = fingerprint_of(settings, model)
+    return CheckpointedReplay(
+        checkpoints,
+        fp,
+        checkpoints.nearest(fp, position),
+        settings.session,
+        learn=settings.learn_online,
+        factors=for_model(model),
+        every_events=settings.checkpoint_every_events,
+        every_ms=int(settings.checkpoint_every_s * 1000),
+        max_loaded=settings.explain_cache_entries,
+    )
 
 
 def fold_with_checkpoints(

@@ -176,6 +176,15 @@ class Settings:
     #: one after this many folded events or this many seconds of event time, whichever comes first.
     checkpoint_every_events: int = 10_000
     checkpoint_every_s: float = 86_400.0
+    #: Users, items and co-visitation lists an explanation fold keeps decoded; beyond this many, they
+    #: are dropped after its next checkpoint and read back from the checkpoint file when used (the
+    #: explanation process's memory follows this, not every user the log ever held).
+    explain_cache_entries: int = 20_000
+    #: Items the stream may add to the catalog (unknown item ids in events, embedded, learning
+    #: online) beyond those the model was trained with or ``POST /v1/items`` added; events naming
+    #: more are still stored and folded, their items just stay out of the catalog until a retrain
+    #: (counted in ``/healthz`` as ``items_not_joined``).
+    max_joined_items: int = 1_000_000
     max_batch_events: int = 1000
     #: Request manifests kept (the oldest beyond this are pruned).
     request_log_retention: int = 1_000_000
@@ -224,6 +233,9 @@ class Settings:
         every, every_s = self.checkpoint_every_events, self.checkpoint_every_s
         _require(every >= 1, "checkpoint_every_events", "an integer >= 1", every)
         _require(every_s > 0, "checkpoint_every_s", "a positive number of seconds", every_s)
+        cache = self.explain_cache_entries
+        _require(cache >= 1, "explain_cache_entries", "an integer >= 1", cache)
+        _require(self.max_joined_items >= 0, "max_joined_items", "an integer >= 0", self.max_joined_items)
         _require(1 <= self.max_batch_events <= 100_000, "max_batch_events", "1..100000", self.max_batch_events)
         _require(0 <= self.port <= 65535, "port", "0..65535", self.port)
         _require(1 <= self.stream_partitions <= 1024, "stream_partitions", "1..1024", self.stream_partitions)
@@ -303,6 +315,8 @@ _INT_KEYS = (
     "state_ttl_s",
     "snapshot_every_events",
     "checkpoint_every_events",
+    "explain_cache_entries",
+    "max_joined_items",
     "max_batch_events",
     "request_log_retention",
     "stream_partitions",

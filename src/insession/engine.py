@@ -250,6 +250,8 @@ class Engine:
         self._decoder = ActivityDecoder()
         #: Events the guard rail kept out of item activity (folded here; on Redis, by the workers).
         self.fold_stats = FoldStats()
+        #: Items named by events that stayed out of the catalog (``max_joined_items`` reached).
+        self.items_not_joined = 0
         self._since_snapshot = 0
         self._snapshot_due = 0.0  # monotonic time before which a failed snapshot is not retried
         #: Whether the data directory takes writes (embedded; ``store_health`` reports it).
@@ -304,7 +306,17 @@ class Engine:
         first: dict[str, Event] = {}
         for e in fresh:
             first.setdefault(e.item_id, e)  # type: ignore[arg-type]
-        self._change_items([item_of(e) for e in first.values()])
+        room = max(self.settings.max_joined_items - len(self.model.added), 0)
+        joining = list(first.values())[:room]  # bounded: the catalog does not grow without limit
+        if len(first) > room:
+            self.items_not_joined += len(first) - room
+            logger.warning(
+                "catalog: %d items not joined (max_joined_items = %d reached; retrain to add them)",
+                len(first) - room,
+                self.settings.max_joined_items,
+            )
+        if joining:
+            self._change_items([item_of(e) for e in joining])
 
     def _change_items(self, items: Sequence[Item]) -> ModelBundle:
         """Apply catalog changes (under the lock): recorded durably first, then served."""
@@ -832,6 +844,7 @@ class Engine:
             return {
                 "kind": "memory",
                 "up": error is None,
+                "items_not_joined": self.items_not_joined,
                 "last_error": error,
                 "write_failures": self.disk.write_failures,
                 "snapshot_failures": self.disk.snapshot_failures,

@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint_of, fold_with_checkpoints
+from insession.checkpoints import (
+    CheckpointedReplay,
+    CheckpointStore,
+    fingerprint_of,
+    fold_with_checkpoints,
+    replay_from,
+)
 from insession.config import Settings
 from insession.errors import Gone, ModelError, NotFound
 from insession.filters import Filters
@@ -120,18 +126,7 @@ class Explainer:
 
     def _from_checkpoint(self, checkpoints: CheckpointStore, position: int) -> CheckpointedReplay:
         """A fold from the nearest checkpoint at or before ``position``."""
-        factors = for_model(self.model)
-        fp = self._fingerprint()
-        return CheckpointedReplay(
-            checkpoints,
-            fp,
-            checkpoints.nearest(fp, position),
-            self.settings.session,
-            learn=self.settings.learn_online,
-            factors=factors,
-            every_events=self.settings.checkpoint_every_events,
-            every_ms=int(self.settings.checkpoint_every_s * 1000),
-        )
+        return replay_from(checkpoints, self.settings, self.model, position)
 
     def _fold_to(self, position: int) -> None:
         if self.checkpoints is not None:

@@ -38,11 +38,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from insession.checkpoints import (
-    CheckpointedReplay,
     CheckpointStore,
     erasure_alias,
     fingerprint_of,
     fold_with_checkpoints,
+    replay_from,
     scrub_activity,
 )
 from insession.config import Settings
@@ -54,7 +54,6 @@ from insession.log.redis_stream import RedisStreamEventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.manifest import RequestLog
 from insession.model import ModelBundle
-from insession.online.factors import for_model
 from insession.store import FeatureStore
 from insession.store.cached import CachedStore
 from insession.store.memory import MemoryFeatureStore
@@ -86,21 +85,11 @@ def checkpoint_through(
     before the first); returns how many checkpoints exist at those positions afterwards."""
     if not positions:
         return 0
-    factors = for_model(model)
     fp = fingerprint_of(settings, model)
     missing = sorted(set(positions) - set(checkpoints.positions(fp)))
     if not missing:
         return len(positions)
-    replay = CheckpointedReplay(
-        checkpoints,
-        fp,
-        checkpoints.nearest(fp, missing[0]),
-        settings.session,
-        learn=settings.learn_online,
-        factors=factors,
-        every_events=settings.checkpoint_every_events,
-        every_ms=int(settings.checkpoint_every_s * 1000),
-    )
+    replay = replay_from(checkpoints, settings, model, missing[0])
     fold_with_checkpoints(log, replay, missing[-1], frozenset(missing))
     return len(set(positions) & set(checkpoints.positions(fp)))
 

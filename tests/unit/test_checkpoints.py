@@ -82,3 +82,25 @@ def test_a_fold_started_before_an_erasure_writes_no_checkpoint_after_it(tmp_path
     assert store.positions(fp) == [200] and not store.holds_user(user)
     store.close()
     log.close()
+
+
+def test_a_fold_holding_few_values_drops_them_at_checkpoints_and_still_reaches_the_same_state(
+    tmp_path: Path, shop: SyntheticShop
+) -> None:
+    log, store, _ = opened(tmp_path, shop, 3000)
+    full = Replay(CFG)
+    for position, event in log.read():
+        full.apply(position, event)
+    small = CheckpointedReplay(store, FP, 0, CFG, every_events=300, every_ms=10**12, max_loaded=100)
+    most = 0
+    for position, event in log.read():
+        small.advance(position, event)
+        most = max(most, small.loaded)
+        if small.pending == 0:  # a checkpoint was just taken: over the bound, nothing is held
+            assert small.loaded <= 100 or small.loaded == 0
+    assert most > 100  # it did hold more between checkpoints: the bound is what dropped them
+    for user in sorted(full.states):
+        assert small.state(user) == full.states[user], user
+    items = sorted(full.activity)
+    assert small.lookup(items) == full.lookup(items)
+    assert small.neighbours(sorted(full.followers)) == full.neighbours(sorted(full.followers))

@@ -121,3 +121,17 @@ def test_a_joined_item_survives_a_restart_and_old_lists_still_explain(
         f"late-{n}" for n in range(4)
     ]
     reopened.log.close()
+
+
+def test_events_add_at_most_max_joined_items_to_the_catalog_and_the_rest_are_counted(
+    settings: Settings, model: ModelBundle, clock: ManualClock
+) -> None:
+    engine = Engine.open(settings.with_(max_joined_items=3), model=model, clock=clock)
+    now = clock.now_ms()
+    result = engine.ingest([view(n, f"u{n}", f"new-{n}", now + n) for n in range(5)])
+    assert len(result.accepted) == 5  # every event is stored and folded ...
+    assert [i.item_id for i in engine.model.added] == ["new-0", "new-1", "new-2"]  # ... three items join
+    assert engine.items_not_joined == 2 and engine.store_health()["items_not_joined"] == 2
+    engine.ingest([view(9, "u9", "new-0", now + 9)])  # a joined item is still known
+    assert len(engine.model.added) == 3 and engine.items_not_joined == 2
+    engine.log.close()
