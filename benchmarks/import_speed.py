@@ -60,8 +60,9 @@ def main() -> None:
         loaded, _ = read_events(files["events"], mapping=MAPPING)
         read_s = time.perf_counter() - started
         assert len(loaded) == events
-        took, out = cli("train", "--data", str(files["events"]), "--out", str(work / "model"), "--config",
-                        str(files["config"]))
+        took, out = cli(
+            "train", "--data", str(files["events"]), "--out", str(work / "model"), "--config", str(files["config"])
+        )
         figures: dict[str, object] = {
             "events": events,
             "users": args.users,
@@ -83,8 +84,19 @@ def main() -> None:
                 raise SystemExit("--redis needs redis-server (apt-get install redis-server)")
             port = free_port()
             redis = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(work)],
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(work),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
