@@ -29,6 +29,7 @@ from insession.config import Settings
 from insession.errors import Gone, ModelError, NotFound
 from insession.filters import Filters
 from insession.log import EventLog
+from insession.log.sqlite import SqliteEventLog
 from insession.manifest import Manifest, RequestLog
 from insession.model import ModelBundle
 from insession.online.factors import for_model
@@ -164,14 +165,18 @@ class Explainer:
             return 0
         positions = self.checkpoints.positions(self._fingerprint())
         after = max(self._position, positions[-1] if positions else 0)
-        read = [position for position, _ in self.log.read(after=after, limit=max_events)]
-        if read:
-            self._fold_to(read[-1])
+        if isinstance(self.log, SqliteEventLog):  # the positions alone: the fold reads the events
+            n, last = self.log.span(after, max_events)
+        else:
+            read = [position for position, _ in self.log.read(after=after, limit=max_events)]
+            n, last = len(read), read[-1] if read else 0
+        if n:
+            self._fold_to(last)
         replay = self._replay
-        caught_up = len(read) < max_events
+        caught_up = n < max_events
         if caught_up and isinstance(replay, CheckpointedReplay) and replay.pending >= self._tail_checkpoint_events():
             replay.checkpoint()  # at the end of the log: a recent list's explanation folds almost nothing
-        return len(read)
+        return n
 
     def checkpoint(self) -> None:
         """Record a checkpoint at what is folded now (if anything was folded since the newest)."""

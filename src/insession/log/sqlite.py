@@ -110,6 +110,17 @@ class SqliteEventLog:
             if remaining is not None:
                 remaining -= len(rows)
 
+    def span(self, after: int, limit: int) -> tuple[int, int]:
+        """How many of the next ``limit`` events after ``after`` there are, and the position of the
+        last of them (0 if none): what ``read`` would yield, without decoding it."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(position), 0) FROM "
+                "(SELECT position FROM events WHERE position > ? ORDER BY position LIMIT ?)",
+                (after, limit),
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
     def known(self, events: Sequence[Event]) -> set[str]:
         found: set[str] = set()
         ids = list(dict.fromkeys(e.event_id for e in events))
