@@ -4,6 +4,7 @@ it replaces, ties and out-of-order times included."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields, replace
 
 from hypothesis import given
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from insession.config import SessionConfig
 from insession.events import Event, EventType
+from insession.online import covisit
 from insession.sessions import Interaction, SessionState, _open_session, advance, apply
 
 CFG = SessionConfig(max_session_events=6, max_history_events=5, max_user_items=3)
@@ -108,3 +110,47 @@ def test_advance_moves_only_the_newest_time(state: SessionState, event: Event) -
     new, marker = advance(state, event, CFG)
     if not new:
         assert marker == replace(state, last_event_ms=max(state.last_event_ms, event.ts))
+
+
+FOLLOWERS = st.sampled_from([f"f{n}" for n in range(60)])
+#: Few distinct weights, and pairs one float apart, so ties (kept and made by decay) are common.
+WEIGHTS = st.sampled_from([1.0, 0.5, 1 / 3, 2.5, 1e-300, 0.0]).flatmap(
+    lambda w: st.sampled_from([w, math.nextafter(w, 0.0), math.nextafter(w, math.inf)])
+)
+STEPS = st.sampled_from([0, 1, 1000, covisit.HALF_LIFE_MS, 10**6 * covisit.HALF_LIFE_MS])
+
+
+@st.composite
+def neighbour_lists(draw: st.DrawFn) -> covisit.Neighbours:
+    """A stored list as the fold keeps it: heaviest first, ties by id, at most MAX_NEIGHBOURS."""
+    weights = draw(st.dictionaries(FOLLOWERS, WEIGHTS, max_size=covisit.MAX_NEIGHBOURS))
+    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    return covisit.Neighbours(T0, tuple(i for i, _ in ranked), tuple(w for _, w in ranked))
+
+
+@given(neighbour_lists(), FOLLOWERS, st.sampled_from([1.0, 0.5, 1 / 3]), st.integers(-2, 2), STEPS)
+def test_covisit_add_equals_the_full_sort(
+    old: covisit.Neighbours, item: str, weight: float, sign: int, step: int
+) -> None:
+    ts = old.last_ts + sign * step  # older, same time or newer
+    assert covisit.add(old, item, weight, ts) == covisit.add_by_sort(old, item, weight, ts)
+    assert covisit.add(old, item, weight, ts).to_bytes() == covisit.add_by_sort(old, item, weight, ts).to_bytes()
+
+
+@given(st.lists(st.tuples(FOLLOWERS, st.sampled_from([1.0, 0.5, 1 / 3]), st.integers(0, 3), STEPS), max_size=120))
+def test_covisit_lists_folded_with_add_equal_those_folded_by_sorting(
+    steps: list[tuple[str, float, int, int]],
+) -> None:
+    fast: covisit.Neighbours | None = None
+    plain: covisit.Neighbours | None = None
+    ts = T0
+    for item, weight, back, step in steps:
+        ts += step
+        at = ts - back * 1000  # some events older than the list's newest
+        fast = covisit.add(fast, item, weight, at)
+        plain = (
+            covisit.Neighbours(at, (item,), (weight,))
+            if plain is None
+            else covisit.add_by_sort(plain, item, weight, at)
+        )
+        assert fast == plain
