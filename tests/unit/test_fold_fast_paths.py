@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from insession.config import SessionConfig
 from insession.events import Event, EventType
+from insession.features.activity import ACTIVITY_WEIGHTS, MAX_RECENT, ItemActivity, bump, user_key
 from insession.online import covisit
 from insession.sessions import Interaction, SessionState, _open_session, advance, apply
 
@@ -154,3 +155,27 @@ def test_covisit_lists_folded_with_add_equal_those_folded_by_sorting(
             else covisit.add_by_sort(plain, item, weight, at)
         )
         assert fast == plain
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["u", "v", "w"]), st.sampled_from(list(ACTIVITY_WEIGHTS)), st.integers(-3, 3)),
+        max_size=3 * MAX_RECENT,
+    ),
+    st.booleans(),
+)
+def test_item_activity_bumped_in_any_time_order_keeps_the_sorted_newest(
+    steps: list[tuple[str, EventType, int]], legacy: bool
+) -> None:
+    activity: ItemActivity | None = ItemActivity(1.0, T0, (T0 - 5, T0), ()) if legacy else None  # times only
+    ts = T0
+    for n, (user, kind, delta) in enumerate(steps):
+        ts += max(delta, 0)
+        at = ts + min(delta, 0)  # newer, the same time (ties by user) or older
+        event = Event(f"e{n}", user, kind, at, item_id="i1")
+        before = () if activity is None else activity.recent
+        users = () if activity is None else activity.recent_users or (-1,) * len(before)
+        activity = bump(activity, event)
+        assert activity is not None
+        expected = sorted((*zip(before, users, strict=True), (at, user_key(user))))[-MAX_RECENT:]
+        assert list(zip(activity.recent, activity.recent_users, strict=True)) == expected
