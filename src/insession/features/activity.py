@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from insession.clock import HOUR_MS, MINUTE_MS
 from insession.events import Event, EventType
+from insession.memo import DecodeMemo
 from insession.sessions import SessionState
 
 MAX_RECENT = 64
@@ -67,29 +68,13 @@ class ItemActivity:
         return self.decayed * math.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS)
 
 
-class ActivityDecoder:
-    """``ItemActivity.from_bytes`` with a bounded memo per item: a request reads the activity of
-    hundreds of candidates, mostly unchanged since the last request, and decoding each again costs
-    more than ranking them. The memo keeps one decoded value per item with the bytes it came from,
-    so an item's older versions never pile up; equal bytes always decode to an equal (immutable)
-    value, so it can never serve a wrong one. It is cleared when it reaches ``max_entries`` items."""
+class ActivityDecoder(DecodeMemo[ItemActivity]):
+    """``ItemActivity.from_bytes`` with a bounded memo per item (``memo.DecodeMemo``): a request
+    reads the activity of hundreds of candidates, and the fold the activity of each item it bumps,
+    mostly unchanged since the last read."""
 
     def __init__(self, max_entries: int = 10_000) -> None:  # a decoded value can weigh ~6 KB
-        self.max_entries = max_entries
-        self._memo: dict[str, tuple[bytes, ItemActivity]] = {}
-
-    def decode(self, item_id: str, raw: bytes) -> ItemActivity:
-        found = self._memo.get(item_id)
-        if found is not None and found[0] == raw:
-            return found[1]
-        if found is None and len(self._memo) >= self.max_entries:
-            self._memo = {}
-        value = ItemActivity.from_bytes(raw)
-        self._memo[item_id] = (raw, value)
-        return value
-
-    def __len__(self) -> int:
-        return len(self._memo)
+        super().__init__(ItemActivity.from_bytes, max_entries)
 
 
 def capped(state: SessionState | None, event: Event) -> bool:
