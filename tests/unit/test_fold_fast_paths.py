@@ -4,9 +4,11 @@ it replaces, ties and out-of-order times included."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import fields, replace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -179,3 +181,23 @@ def test_item_activity_bumped_in_any_time_order_keeps_the_sorted_newest(
         assert activity is not None
         expected = sorted((*zip(before, users, strict=True), (at, user_key(user))))[-MAX_RECENT:]
         assert list(zip(activity.recent, activity.recent_users, strict=True)) == expected
+
+
+PROPERTY_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5), st.sampled_from(["é", "\u2028", "\x00"])
+)
+
+
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=4), PROPERTY_VALUES, max_size=4),
+    st.one_of(st.none(), st.text(max_size=4)),
+)
+def test_event_json_from_the_encoder_built_once_equals_json_dumps(properties: dict, session: str | None) -> None:
+    event = Event("e1", "u1", EventType.VIEW, T0, "i1", session, properties)
+    try:
+        expected = json.dumps(event.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or infinity: refused the same way
+        with pytest.raises(ValueError):
+            event.to_json()
+    else:
+        assert event.to_json() == expected
