@@ -41,7 +41,7 @@ from insession.explain import Explainer, Explanation
 from insession.features.activity import ACTIVITY_WEIGHTS, ActivityDecoder, ItemActivity
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.profile import build_profile
-from insession.fold import FoldBatch, FoldStats
+from insession.fold import FoldBatch, FoldMemos, FoldStats
 from insession.forget import ForgetResult, forget_embedded, forget_on_redis
 from insession.forget import prepare as prepare_forget
 from insession.freshness import ServingLists
@@ -50,6 +50,7 @@ from insession.log.items import ITEMS_FILE, FileItemLog, ItemLog, StoreItemLog
 from insession.log.redis_stream import RedisStreamEventLog
 from insession.log.sqlite import SqliteEventLog
 from insession.manifest import REQUEST_LOG_FILE, Manifest, RequestLog, config_hash, seed_of
+from insession.memo import DecodeMemo
 from insession.model import ModelBundle
 from insession.model_swap import ModelSwap
 from insession.online import covisit
@@ -248,6 +249,8 @@ class Engine:
         self.exploring = any(s.explore_share > 0 for s in settings.surfaces.values())
         self._lock = threading.Lock()
         self._decoder = ActivityDecoder()
+        #: Decoded values the fold reads back batch after batch (the activity shared with requests).
+        self._fold_memos = FoldMemos(self._decoder, DecodeMemo(covisit.Neighbours.from_bytes))
         #: Events the guard rail kept out of item activity (folded here; on Redis, by the workers).
         self.fold_stats = FoldStats()
         #: Items named by events that stayed out of the catalog (``max_joined_items`` reached).
@@ -462,6 +465,7 @@ class Engine:
             self.fold_stats,
             self.settings.learn_online,
             self.factors.add_ids if self.settings.learn_online and self.factors is not None else None,
+            self._fold_memos,
         )
 
     def _fold_all(self, accepted: Iterable[tuple[int, Event]], each: Callable[[int, Event], object]) -> None:

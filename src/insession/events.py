@@ -44,6 +44,9 @@ MAX_PROPERTY_STRING_CHARS = 512
 MIN_PLAUSIBLE_TS_MS = 100_000_000_000
 MAX_PLAUSIBLE_TS_MS = 4_102_444_800_000  # 2100-01-01
 
+#: What ``json.dumps(..., sort_keys=True, separators=(",", ":"), allow_nan=False)`` makes, built
+#: once: ``dumps`` builds an encoder per call, a measurable share of logging an event (issue 26).
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
 _FIELDS = ("event_id", "user_id", "session_id", "type", "item_id", "ts", "properties")
 _TYPED_PROPERTIES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "category": (str, "a string"),
@@ -85,7 +88,7 @@ class Event:
     def to_json(self) -> str:
         """Canonical, standard JSON: sorted keys, no whitespace, no NaN or infinity (refused by
         validation; an event built around it fails here rather than write a non-standard record)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return _CANONICAL_JSON.encode(self.to_dict())
 
     @staticmethod
     def from_json(text: str) -> Event:
@@ -160,12 +163,14 @@ def text_problem(value: str, pattern: re.Pattern[str] = _BAD_TEXT) -> str | None
     return f"{kind} U+{ord(char):04X} at character {found.start()}"
 
 
+_ID_EXPECTED = f"a non-empty string of at most {MAX_ID_CHARS} characters, without control characters"
+
+
 def _id_error(name: str, value: object) -> FieldError | None:
-    expected = f"a non-empty string of at most {MAX_ID_CHARS} characters, without control characters"
     if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
-        return FieldError(name, expected, describe(value))
+        return FieldError(name, _ID_EXPECTED, describe(value))
     problem = text_problem(value)
-    return None if problem is None else FieldError(name, expected, problem)
+    return None if problem is None else FieldError(name, _ID_EXPECTED, problem)
 
 
 def _check_id(raw: Mapping[str, Any], name: str, required: bool, errors: list[FieldError]) -> str | None:
@@ -183,29 +188,33 @@ def _check_id(raw: Mapping[str, Any], name: str, required: bool, errors: list[Fi
 
 
 def _property_error(key: str, item: object) -> FieldError | None:
-    """What is wrong with one property value, or ``None``."""
-    where = f"properties.{key}"
+    """What is wrong with one property value, or ``None`` (the field's name is built only for an error:
+    this runs for every property of every ingested event)."""
     typed = _TYPED_PROPERTIES.get(key)
     if typed is not None and item is not None:
         kinds, text = typed
         bad_kind = isinstance(item, bool) or not isinstance(item, kinds)
         bad_price = key == "price" and not bad_kind and not _finite_non_negative(item)  # type: ignore[arg-type]
         if bad_kind or bad_price:  # NaN, infinities and numbers beyond a float are never a price
-            return FieldError(where, text, describe(item))
-    if item is not None and not isinstance(item, str | int | float):  # bool is an int
-        return FieldError(where, "a string, number, boolean or null", describe(item))
+            return FieldError(f"properties.{key}", text, describe(item))
+    if item is not None and not isinstance(item, (str, int, float)):  # bool is an int
+        return FieldError(f"properties.{key}", "a string, number, boolean or null", describe(item))
     if isinstance(item, str):
         if len(item) > MAX_PROPERTY_STRING_CHARS:
             return FieldError(
-                where, f"a string of at most {MAX_PROPERTY_STRING_CHARS} characters", f"{len(item)} characters"
+                f"properties.{key}",
+                f"a string of at most {MAX_PROPERTY_STRING_CHARS} characters",
+                f"{len(item)} characters",
             )
         problem = text_problem(item, _BAD_PROPERTY_TEXT)
         if problem is not None:
-            return FieldError(where, "text without control characters", problem)
+            return FieldError(f"properties.{key}", "text without control characters", problem)
     if isinstance(item, float) and not math.isfinite(item):
-        return FieldError(where, "a finite number", describe(item))
+        return FieldError(f"properties.{key}", "a finite number", describe(item))
     if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_PROPERTY_INT:
-        return FieldError(where, f"an integer within +-{MAX_PROPERTY_INT}", f"an integer of {len(str(item))} digits")
+        return FieldError(
+            f"properties.{key}", f"an integer within +-{MAX_PROPERTY_INT}", f"an integer of {len(str(item))} digits"
+        )
     return None
 
 

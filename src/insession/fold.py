@@ -12,14 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from insession.config import SessionConfig
 from insession.events import Event
 from insession.features.activity import ACTIVITY_WEIGHTS, ItemActivity, bump, capped
 from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
+from insession.memo import DecodeMemo
 from insession.online import covisit
 from insession.sessions import SessionState, apply
 from insession.store import FeatureStore
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -63,16 +67,36 @@ def item_effects(
     return ItemEffects(event, bump=weighted, follows=tuple(pairs))
 
 
+@dataclass(frozen=True, slots=True)
+class FoldMemos:
+    """Decoded item activity and co-visitation lists kept across folds (``memo.DecodeMemo``): the
+    fold reads the same hot items batch after batch, each unchanged since the fold wrote it."""
+
+    activity: DecodeMemo[ItemActivity]
+    followers: DecodeMemo[covisit.Neighbours]
+
+
 class SharedState:
     """The item activity and online co-visitation lists a run of events folds into, read from
     ``store`` once per key, kept decoded while the events fold, and written back by :meth:`flush`
     (one write per namespace). ``to_bytes``/``from_bytes`` round-trip exactly, so the store ends
     with the same bytes as when each event read and wrote them itself; a batch just skips the
-    decoding and encoding in between (most of an event's fold, measured in issue 26)."""
+    decoding and encoding in between (most of an event's fold, measured in issue 26).
 
-    def __init__(self, store: FeatureStore, ttl_s: int) -> None:
+    With ``memos`` (kept by the caller across runs), a value read back unchanged since the last
+    run, or since a request decoded it, is not decoded again: :meth:`flush` leaves each value it
+    writes there with its bytes."""
+
+    def __init__(self, store: FeatureStore, ttl_s: int, memos: FoldMemos | None = None) -> None:
         self.store = store
         self.ttl_s = ttl_s
+        self.memos = memos
+        self._decode_activity: Callable[[str, bytes], ItemActivity] = (
+            _plain(ItemActivity.from_bytes) if memos is None else memos.activity.decode
+        )
+        self._decode_followers: Callable[[str, bytes], covisit.Neighbours] = (
+            _plain(covisit.Neighbours.from_bytes) if memos is None else memos.followers.decode
+        )
         self._activity: dict[str, ItemActivity | None] = {}
         self._neighbours: dict[str, covisit.Neighbours | None] = {}
         self._changed_activity: set[str] = set()
@@ -87,7 +111,7 @@ class SharedState:
         if effects.bump:
             if item not in self._activity:
                 raw = self.store.get_many(ACTIVITY_NAMESPACE, [item])[0]
-                self._activity[item] = None if raw is None else ItemActivity.from_bytes(raw)
+                self._activity[item] = None if raw is None else self._decode_activity(item, raw)
             old = self._activity[item]
             bumped = bump(old, event)
             if bumped is not None and bumped is not old:
@@ -101,7 +125,7 @@ class SharedState:
         if missing:
             raws = self.store.get_many(covisit.NAMESPACE, missing)
             current.update(
-                (p, None if raw is None else covisit.Neighbours.from_bytes(raw))
+                (p, None if raw is None else self._decode_followers(p, raw))
                 for p, raw in zip(missing, raws, strict=True)
             )
         for p, w in pairs:
@@ -111,15 +135,25 @@ class SharedState:
     def flush(self) -> None:
         """Write every value changed since the last flush to the store."""
         if self._changed_activity:
-            activity = {i: a.to_bytes() for i in sorted(self._changed_activity) if (a := self._activity[i]) is not None}
-            self.store.put_many(ACTIVITY_NAMESPACE, activity, self.ttl_s)
+            activity = {i: a for i in sorted(self._changed_activity) if (a := self._activity[i]) is not None}
+            raws = {i: a.to_bytes() for i, a in activity.items()}
+            self.store.put_many(ACTIVITY_NAMESPACE, raws, self.ttl_s)
+            if self.memos is not None:
+                for i, a in activity.items():
+                    self.memos.activity.remember(i, raws[i], a)
         if self._changed_neighbours:
-            lists = {
-                p: n.to_bytes() for p in sorted(self._changed_neighbours) if (n := self._neighbours[p]) is not None
-            }
-            self.store.put_many(covisit.NAMESPACE, lists, self.ttl_s)
+            lists = {p: n for p in sorted(self._changed_neighbours) if (n := self._neighbours[p]) is not None}
+            raws = {p: n.to_bytes() for p, n in lists.items()}
+            self.store.put_many(covisit.NAMESPACE, raws, self.ttl_s)
+            if self.memos is not None:
+                for p, n in lists.items():
+                    self.memos.followers.remember(p, raws[p], n)
         self._changed_activity.clear()
         self._changed_neighbours.clear()
+
+
+def _plain(from_bytes: Callable[[bytes], T]) -> Callable[[str, bytes], T]:
+    return lambda _key, raw: from_bytes(raw)
 
 
 def apply_item_effects(store: FeatureStore, effects: ItemEffects, ttl_s: int) -> None:
@@ -134,7 +168,7 @@ class FoldBatch:
     and every change written back once, by :meth:`flush`: the same state as :func:`fold_event` for
     each event in turn (``tests/unit/test_fold_batch.py``). ``learn=False`` leaves the online
     co-visitation counts as they are; ``on_pair`` is given the pair (the session's previous counted
-    item, this item) the online factor model learns from."""
+    item, this item) the online factor model learns from; ``memos``: see :class:`SharedState`."""
 
     def __init__(
         self,
@@ -144,6 +178,7 @@ class FoldBatch:
         stats: FoldStats | None = None,
         learn: bool = True,
         on_pair: Callable[[str, str], object] | None = None,
+        memos: FoldMemos | None = None,
     ) -> None:
         self.store = store
         self.session = session
@@ -151,7 +186,7 @@ class FoldBatch:
         self.stats = stats
         self.learn = learn
         self.on_pair = on_pair
-        self.shared = SharedState(store, ttl_s)
+        self.shared = SharedState(store, ttl_s, memos)
         self._states: dict[str, SessionState | None] = {}
         self._changed: dict[str, None] = {}  # users, in the order their state first changed
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from insession.config import SessionConfig
@@ -219,18 +219,25 @@ def apply(state: SessionState | None, event: Event, cfg: SessionConfig, position
     if event.type is EventType.SEARCH and event.ts >= last_query_ms:
         last_query, last_query_ms = event.prop_str("query"), event.ts
 
-    return replace(
-        base,
+    # Built field by field, not with ``dataclasses.replace``: this runs once per event ingested,
+    # and ``replace`` (which inspects the fields on every call) was a tenth of the fold (issue 26).
+    return SessionState(
+        user_id=base.user_id,
+        session_id=base.session_id,
+        session_index=base.session_index,
         session_version=base.session_version + 1,
         session_started_ms=min(base.session_started_ms, event.ts),
         last_event_ms=max(base.last_event_ms, event.ts),
         log_position=max(base.log_position, position),
+        explicit_session=base.explicit_session,
         events=events,
+        history=base.history,
         cart=sets[0],
         purchased=sets[1],
         dismissed=sets[2],
         last_query=last_query,
         last_query_ms=last_query_ms,
+        previous_last_ms=base.previous_last_ms,
     )
 
 
@@ -247,15 +254,20 @@ def _open_session(state: SessionState | None, event: Event, cfg: SessionConfig) 
             last_event_ms=event.ts,
             explicit_session=event.session_id is not None,
         )
-    return replace(
-        state,
+    return SessionState(
+        user_id=state.user_id,
         session_id=event.session_id or f"{event.user_id}#{index}",
         session_index=index,
+        session_version=state.session_version,
         session_started_ms=event.ts,
         last_event_ms=event.ts,
+        log_position=state.log_position,
         explicit_session=event.session_id is not None,
         events=(),
         history=(state.history + state.events)[-cfg.max_history_events :],
+        cart=state.cart,
+        purchased=state.purchased,
+        dismissed=state.dismissed,
         last_query=None,
         last_query_ms=0,
         previous_last_ms=state.last_event_ms,
@@ -287,7 +299,24 @@ def advance(marker: SessionState | None, event: Event, cfg: SessionConfig) -> tu
             explicit_session=event.session_id is not None,
         )
     assert marker is not None  # starts_new_session is True for a missing marker
-    return False, replace(marker, last_event_ms=max(marker.last_event_ms, event.ts))
+    return False, SessionState(  # not ``replace``: the admission of every ingested event runs this
+        user_id=marker.user_id,
+        session_id=marker.session_id,
+        session_index=marker.session_index,
+        session_version=marker.session_version,
+        session_started_ms=marker.session_started_ms,
+        last_event_ms=max(marker.last_event_ms, event.ts),
+        log_position=marker.log_position,
+        explicit_session=marker.explicit_session,
+        events=marker.events,
+        history=marker.history,
+        cart=marker.cart,
+        purchased=marker.purchased,
+        dismissed=marker.dismissed,
+        last_query=marker.last_query,
+        last_query_ms=marker.last_query_ms,
+        previous_last_ms=marker.previous_last_ms,
+    )
 
 
 def split_sessions(user_events: Sequence[Event], cfg: SessionConfig) -> Iterator[list[Event]]:

@@ -12,8 +12,11 @@ from insession.config import Settings
 from insession.datasets.synthetic import SyntheticShop
 from insession.engine import SNAPSHOT_FILE, Engine
 from insession.events import Event, EventType
-from insession.fold import FoldBatch, FoldStats, fold_event
+from insession.features.activity import ActivityDecoder
+from insession.fold import FoldBatch, FoldMemos, FoldStats, fold_event
+from insession.memo import DecodeMemo
 from insession.model import ModelBundle
+from insession.online import covisit
 from insession.replay import Replay
 from insession.store.memory import MemoryFeatureStore
 
@@ -103,3 +106,36 @@ def test_fold_batch_equals_fold_event_in_turn_and_the_offline_replay(shop: Synth
         keys = each.keys(ns)
         assert keys and batched.keys(ns) == keys == sorted(offline)
         assert batched.get_many(ns, keys) == each.get_many(ns, keys) == [offline[k].to_bytes() for k in keys]
+
+
+def test_decoded_values_kept_across_batches_give_the_same_bytes(shop: SyntheticShop) -> None:
+    """The engine's fold keeps decoded values between batches (``fold.FoldMemos``), checked against
+    the stored bytes: a value changed in the store meanwhile (here put back as it was before a
+    batch) is decoded again, and every batch ends with the bytes of a fold that keeps nothing."""
+    cfg = Settings().session
+    clock = ManualClock(shop.events[-1].ts)
+    plain, kept = MemoryFeatureStore(clock), MemoryFeatureStore(clock)
+    small = 8  # small memos: they are cleared and refilled along the way
+    memos = FoldMemos(ActivityDecoder(max_entries=small), DecodeMemo(covisit.Neighbours.from_bytes, small))
+    events = stream(shop, len(shop.events))
+    rng = random.Random(5)
+    namespaces = ("item_activity", "covisit_online")
+    at = 0
+    while at < len(events):
+        size = rng.randint(1, 300)
+        before = {ns: dict(zip(plain.keys(ns), plain.get_many(ns, plain.keys(ns)), strict=True)) for ns in namespaces}
+        a, b = FoldBatch(plain, cfg, 3600), FoldBatch(kept, cfg, 3600, memos=memos)
+        for position, event in enumerate(events[at : at + size], start=at + 1):
+            assert b.fold(position, event) == a.fold(position, event)
+        a.flush()
+        b.flush()
+        at += size
+        if rng.random() < 0.3:  # the store changes outside the fold: values put back as they were
+            for ns in namespaces:
+                older = dict(rng.sample(sorted(before[ns].items()), min(len(before[ns]), 30)))
+                plain.put_many(ns, older, 3600)
+                kept.put_many(ns, older, 3600)
+        for ns in namespaces:
+            keys = plain.keys(ns)
+            assert kept.keys(ns) == keys and kept.get_many(ns, keys) == plain.get_many(ns, keys)
+    assert len(memos.activity) <= small and len(memos.followers) <= small

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from insession.clock import HOUR_MS, MINUTE_MS
 from insession.events import Event, EventType
+from insession.memo import DecodeMemo
 from insession.sessions import SessionState
 
 MAX_RECENT = 64
@@ -67,29 +68,13 @@ class ItemActivity:
         return self.decayed * math.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS)
 
 
-class ActivityDecoder:
-    """``ItemActivity.from_bytes`` with a bounded memo per item: a request reads the activity of
-    hundreds of candidates, mostly unchanged since the last request, and decoding each again costs
-    more than ranking them. The memo keeps one decoded value per item with the bytes it came from,
-    so an item's older versions never pile up; equal bytes always decode to an equal (immutable)
-    value, so it can never serve a wrong one. It is cleared when it reaches ``max_entries`` items."""
+class ActivityDecoder(DecodeMemo[ItemActivity]):
+    """``ItemActivity.from_bytes`` with a bounded memo per item (``memo.DecodeMemo``): a request
+    reads the activity of hundreds of candidates, and the fold the activity of each item it bumps,
+    mostly unchanged since the last read."""
 
     def __init__(self, max_entries: int = 10_000) -> None:  # a decoded value can weigh ~6 KB
-        self.max_entries = max_entries
-        self._memo: dict[str, tuple[bytes, ItemActivity]] = {}
-
-    def decode(self, item_id: str, raw: bytes) -> ItemActivity:
-        found = self._memo.get(item_id)
-        if found is not None and found[0] == raw:
-            return found[1]
-        if found is None and len(self._memo) >= self.max_entries:
-            self._memo = {}
-        value = ItemActivity.from_bytes(raw)
-        self._memo[item_id] = (raw, value)
-        return value
-
-    def __len__(self) -> int:
-        return len(self._memo)
+        super().__init__(ItemActivity.from_bytes, max_entries)
 
 
 def capped(state: SessionState | None, event: Event) -> bool:
@@ -140,8 +125,13 @@ def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
     decayed = activity.popularity_at(last) + weight * math.exp(
         -math.log(2) * (last - event.ts) / POPULARITY_HALF_LIFE_MS
     )
-    users = activity.recent_users or (-1,) * len(activity.recent)
-    merged = sorted((*zip(activity.recent, users, strict=True), (event.ts, user)))[-MAX_RECENT:]
+    recent = activity.recent
+    users = activity.recent_users or (-1,) * len(recent)
+    if (not recent or event.ts > recent[-1]) and len(users) == len(recent):
+        # The newest time (the usual case): appending gives the order the sort below gives, as
+        # ``recent`` is sorted (by time, then user), and costs a fraction of it (issue 26).
+        return ItemActivity(decayed, last, (*recent, event.ts)[-MAX_RECENT:], (*users, user)[-MAX_RECENT:])
+    merged = sorted((*zip(recent, users, strict=True), (event.ts, user)))[-MAX_RECENT:]
     return ItemActivity(decayed, last, tuple(t for t, _ in merged), tuple(u for _, u in merged))
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import neg
 
 from insession.config import SessionConfig
 from insession.events import Event
@@ -55,7 +57,7 @@ class Neighbours:
     @staticmethod
     def from_bytes(raw: bytes) -> Neighbours:
         last_ts, items, weights = json.loads(raw)
-        return Neighbours(int(last_ts), tuple(items), tuple(float(w) for w in weights))
+        return Neighbours(int(last_ts), tuple(items), tuple(map(float, weights)))
 
     def at(self, now_ms: int) -> dict[str, float]:
         """The weights decayed to ``now_ms`` (never grown: a request before ``last_ts`` sees them as is)."""
@@ -74,9 +76,40 @@ def _decay(age_ms: int) -> float:
 
 def add(old: Neighbours | None, item: str, weight: float, ts: int) -> Neighbours:
     """``old`` with ``weight`` added to ``item`` at event time ``ts``; the lightest dropped past
-    ``MAX_NEIGHBOURS``. An event older than ``last_ts`` adds its weight decayed to ``last_ts``."""
+    ``MAX_NEIGHBOURS``. An event older than ``last_ts`` adds its weight decayed to ``last_ts``.
+
+    The list is kept sorted, so this moves one entry instead of sorting them all (the fold does
+    this for up to ``LOOKBACK`` lists per event); it gives exactly what :func:`add_by_sort` gives.
+    Decaying every weight by one factor keeps their order, unless rounding makes two of them
+    equal: then their order goes by id and may change, and the whole list is sorted again."""
     if old is None:
         return Neighbours(ts, (item,), (weight,))
+    if len(old.items) != len(old.weights):
+        return add_by_sort(old, item, weight, ts)  # raises, as it always has
+    last = max(old.last_ts, ts)
+    f = _decay(last - old.last_ts)
+    weights = [w * f for w in old.weights]
+    if f != 1.0 and len(set(weights)) != len(set(old.weights)):
+        return add_by_sort(old, item, weight, ts)
+    items = list(old.items)
+    try:
+        at = items.index(item)
+    except ValueError:
+        now = 0.0 + weight * _decay(last - ts)
+    else:
+        del items[at]
+        now = weights.pop(at) + weight * _decay(last - ts)
+    # Heaviest first, ties by id: after the entries heavier than ``now``, and the equal ones before ``item``.
+    at = bisect_left(weights, -now, key=neg)
+    while at < len(weights) and weights[at] == now and items[at] < item:
+        at += 1
+    items.insert(at, item)
+    weights.insert(at, now)
+    return Neighbours(last, tuple(items[:MAX_NEIGHBOURS]), tuple(weights[:MAX_NEIGHBOURS]))
+
+
+def add_by_sort(old: Neighbours, item: str, weight: float, ts: int) -> Neighbours:
+    """:func:`add` by sorting the merged list: what it must equal, and its way when ties may move."""
     last = max(old.last_ts, ts)
     f = _decay(last - old.last_ts)
     merged = {i: w * f for i, w in zip(old.items, old.weights, strict=True)}
