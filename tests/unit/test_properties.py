@@ -205,3 +205,33 @@ def test_window_counts_are_the_events_inside_each_window(times: list[list[int] |
         recent = () if act is None else act.recent
         expected = [sum(now - w < t <= now for t in recent) for w in WINDOWS_MS]
         assert row[1:].tolist() == expected
+
+
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(-30 * 3_600_000, 3_600_000), st.integers(-1, 5)), min_size=1, max_size=64),
+        max_size=20,
+    ),
+    st.integers(0, 2 * 3_600_000),
+)
+def test_distinct_users_in_24h_are_the_users_of_the_events_inside_it(
+    events: list[list[tuple[int, int]]], shift: int
+) -> None:
+    """``activity_windows`` counts each item's distinct known users in ``(now - 24h, now]`` from a
+    cached suffix count where the request is after the item's newest event; the count is the plain
+    set of users inside the window (``-1``, unknown, left out), a request before the newest events
+    included, asked twice (the cache) and with no users kept at all."""
+    from insession.features.activity import WINDOWS_MS, activity_windows
+
+    now = T0 + shift
+    acts = []
+    for item in events:
+        pairs = sorted((T0 + t, u) for t, u in item)
+        acts.append(ItemActivity(1.0, pairs[-1][0], tuple(t for t, _ in pairs), tuple(u for _, u in pairs)))
+    acts.append(ItemActivity(1.0, T0, (T0 - 5, T0)))  # written before users were kept
+    for _ in range(2):
+        windows, users = activity_windows(acts, now)
+        for n, act in enumerate(acts):
+            inside = {u for t, u in zip(act.recent, act.recent_users, strict=False) if now - WINDOWS_MS[-1] < t <= now}
+            assert users[n] == len(inside - {-1})
+            assert windows[n, -1] == sum(now - WINDOWS_MS[-1] < t <= now for t in act.recent)

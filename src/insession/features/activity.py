@@ -11,7 +11,7 @@ import math
 import zlib
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
@@ -48,6 +48,11 @@ class ItemActivity:
     last_ts: int
     recent: tuple[int, ...]  # the newest event times, oldest first, at most MAX_RECENT
     recent_users: tuple[int, ...] = ()  # ``user_key`` of each of ``recent`` (-1: unknown); for audits
+    #: Distinct known users of ``recent_users[i:]`` for each ``i``, computed on first use: a
+    #: request asks it of hundreds of candidates, mostly decoded values it shares with the requests
+    #: before (``ActivityDecoder``), and a set of 64 users per candidate per list was a fifth of a
+    #: list's cost on a busy shop (issue 25). Not part of the value: equality and bytes ignore it.
+    _distinct_from: tuple[int, ...] | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         users = self.recent_users or (-1,) * len(self.recent)
@@ -62,6 +67,25 @@ class ItemActivity:
         n = (len(values) - 3) // 2
         times = values[3:].astype(np.int64).tolist()
         return ItemActivity(float(values[1]), int(values[2]), tuple(times[:n]), tuple(times[n:]))
+
+    def users_between(self, start: int, top: int) -> int:
+        """How many distinct known users (``-1`` left out) the events ``recent[start:top]`` came from."""
+        users = self.recent_users
+        if top != len(users):  # a request before the item's newest events: counted directly
+            found = set(users[start:top])
+            found.discard(-1)
+            return len(found)
+        suffix = self._distinct_from
+        if suffix is None:
+            seen: set[int] = set()
+            counts = [0] * (len(users) + 1)
+            for n in range(len(users) - 1, -1, -1):
+                if users[n] != -1:
+                    seen.add(users[n])
+                counts[n] = len(seen)
+            suffix = tuple(counts)
+            object.__setattr__(self, "_distinct_from", suffix)  # a cache, not part of the value
+        return suffix[start]
 
     def popularity_at(self, now_ms: int) -> float:
         age = max(now_ms - self.last_ts, 0)
@@ -142,7 +166,16 @@ def activity_features(activity: Sequence[ItemActivity | None], now_ms: int) -> n
     found by bisecting each item's (sorted) recent times: a request's cost does not grow with how
     busy its candidates are.
     """
+    return activity_windows(activity, now_ms)[0]
+
+
+def activity_windows(
+    activity: Sequence[ItemActivity | None], now_ms: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``activity_features`` and, per item, the distinct users of its events in the last of
+    ``WINDOWS_MS`` (24 h), from the same bisection (``online.novelty`` reads both)."""
     out = np.zeros((len(activity), 1 + len(WINDOWS_MS)), dtype=np.float64)
+    users_last = np.zeros(len(activity), dtype=np.float64)
     rows: list[int] = []
     decayed: list[float] = []
     last: list[int] = []
@@ -156,10 +189,13 @@ def activity_features(activity: Sequence[ItemActivity | None], now_ms: int) -> n
         last.append(a.last_ts)
         recent = a.recent
         top = bisect_right(recent, now_ms)
-        counts.append([top - bisect_right(recent, low) for low in lows])
+        starts = [bisect_right(recent, low) for low in lows]
+        counts.append([top - start for start in starts])
+        if a.recent_users:
+            users_last[n] = a.users_between(starts[-1], top)
     if not rows:
-        return out
+        return out, users_last
     age = np.maximum(now_ms - np.array(last, dtype=np.int64), 0)
     out[rows, 0] = np.log1p(np.array(decayed) * np.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS))
     out[rows, 1:] = counts
-    return out
+    return out, users_last

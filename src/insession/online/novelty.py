@@ -22,13 +22,11 @@ trains the ranker computes them with the same code at the same moments.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 
-from insession.features.activity import ItemActivity
 from insession.features.profile import Profile
 from insession.online.covisit import Neighbours
 
@@ -69,11 +67,13 @@ def novelty_features(
     trained_last: tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]] | None,
     trained_popularity: npt.NDArray[np.float32],
     popularity_half_life_days: float,
-    activity: Sequence[ItemActivity | None],
-    now_ms: int,
+    events_24h: npt.NDArray[np.float64],
+    users_24h: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float64]:
     """The ``NOVELTY_FEATURES`` columns for ``items`` (dense indices). ``trained_last`` is the
-    latest item's trained co-visitation row (columns, weights) or ``None``."""
+    latest item's trained co-visitation row (columns, weights) or ``None``; ``events_24h`` and
+    ``users_24h``: each item's events in the last 24 h and the distinct users they came from
+    (``features.activity.activity_windows``)."""
     n = len(items)
     out = np.zeros((n, len(NOVELTY_FEATURES)), dtype=np.float64)
     if n == 0:
@@ -89,20 +89,7 @@ def novelty_features(
             row = dict(zip(cols.tolist(), (ws / total).tolist(), strict=True))
             out[:, 2] = [row.get(int(i), 0.0) for i in items]
     out[:, 3] = out[:, 1] - out[:, 2]
-    low = now_ms - DAY_MS
-    events_24h = np.zeros(n, dtype=np.float64)
-    for row_n, a in enumerate(activity):
-        if a is None:
-            continue
-        top = bisect_right(a.recent, now_ms)
-        start = bisect_right(a.recent, low)
-        events_24h[row_n] = top - start
-        if a.recent_users:
-            # A set built from the slice in C, then the unknown key dropped: the comprehension with
-            # its test was a fifth of a list's cost once items' recent events filled up.
-            users = set(a.recent_users[start:top])
-            users.discard(-1)
-            out[row_n, 4] = len(users)
+    out[:, 4] = users_24h
     pop = trained_popularity[items].astype(np.float64)
     daily = pop * math.log(2) / popularity_half_life_days  # a decayed sum's steady daily rate
     out[:, 5] = np.log1p(events_24h) - np.log1p(daily)

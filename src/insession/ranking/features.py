@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from insession.candidates.base import RequestContext
 from insession.candidates.merge import Merged
-from insession.features.activity import ItemActivity, activity_features
+from insession.features.activity import ItemActivity, activity_windows
 from insession.online.novelty import NOVELTY_FEATURES, latest_item, novelty_features
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -115,7 +115,8 @@ def feature_matrix(
         top = float(x[:, column].max())
         if top > 0:
             x[:, column] /= top
-    x[:, 7:11] = activity_features(activity, ctx.now_ms)
+    windows, users_24h = activity_windows(activity, ctx.now_ms)
+    x[:, 7:11] = windows
     codes = catalog.category_codes[items]
     x[:, 13] = _lookup(profile.cat_session, codes)
     x[:, 14] = _lookup(profile.cat_history, codes)
@@ -160,8 +161,8 @@ def feature_matrix(
         model.covisit.row(latest_idx) if latest_idx is not None else None,
         model.popularity,
         float(model.params.get("train", {}).get("popularity_half_life_days", 7.0)),
-        activity,
-        ctx.now_ms,
+        windows[:, -1],
+        users_24h,
     )
     x[:, 6] = np.log1p(model.popularity[items])
     emb = model.embeddings[items]
