@@ -3,8 +3,12 @@
 Before replay checkpoints, explaining a list refolded the event log from its start (p50 1.8 s with
 the demo history, 7.9 s after 150k more events, measured on main). Now a fold starts from the
 nearest checkpoint at or before the list's log position (``insession.checkpoints``). This script
-builds the demo-sized synthetic shop in an embedded engine (in this process, no HTTP), and in two
-phases, with the demo's history and after 150k more events (lists served along the way):
+builds the demo-sized synthetic shop in an embedded engine (in this process, no HTTP), and measures
+in phases: with the demo's history, then after each round of 150k more events (``--rounds``, 2 by
+default; lists served along the way). The first round takes the demo's sparse history (about 18
+events per item) to every item's recent events and online followers at their caps, so the lists
+themselves get dearer (more candidates, up to ``candidate_limit``); the second only lengthens the
+log, which is what explain's cost must not follow. In each phase:
 
 - ``follow``: what the explanation process does in idle time (``Explainer.follow``): fold the
   events past the newest checkpoint, leaving checkpoints every ``checkpoint_every_events``;
@@ -18,11 +22,12 @@ phases, with the demo's history and after 150k more events (lists served along t
 - ``lists_served``: what the explained lists cost to serve in the first place. An explanation
   recomputes its list, so where the lists themselves get dearer (users' histories and items'
   online followers filling up to their caps), explanations follow; the ratio
-  ``explain_over_list_p50`` per phase separates that from the cost of reaching the list's state.
+  ``explain_over_list_p50`` per phase separates that from the cost of reaching the list's state,
+  and ``candidates_mean`` says how many candidates the lists merged.
 
 Every explanation must be identical to the served list (the script fails otherwise).
 
-    nice -n 10 python benchmarks/explain_growth.py [--more 150000] [--out benchmarks/results/explain_growth.json]
+    nice -n 10 python benchmarks/explain_growth.py [--more 150000] [--rounds 2] [--out benchmarks/results/explain_growth.json]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import random
 import statistics
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +103,10 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--more", type=int, default=150_000, help="events posted after the demo history")
+    parser.add_argument("--more", type=int, default=150_000, help="events posted after the demo history, per round")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of --more events, each followed by a phase of measurements"
+    )
     parser.add_argument("--lists", type=int, default=30, help="lists explained per phase (checkpointed)")
     parser.add_argument("--from-start", type=int, default=5, help="lists explained per phase the old way")
     parser.add_argument("--seed", type=int, default=7)
@@ -111,11 +120,11 @@ def main() -> None:
     items = [i.item_id for i in shop.items]
     start = history[-1].ts + 60_000
     step_ms = 200
-    clock = ManualClock(start + args.more * step_ms + 3_600_000)
+    clock = ManualClock(start + args.rounds * args.more * step_ms + 3_600_000)
     figures: dict[str, Any] = {
         "machine": "2 shared cores, loaded by other sessions' tests and benchmarks (run with nice -n 10)",
         "history_events": len(history),
-        "more_events": args.more,
+        "more_events_per_round": args.more,
         "items": len(items),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,77 +132,89 @@ def main() -> None:
         engine = Engine.open(settings, model=model, clock=clock)
         engine.ingest_all(history, batch=5000)
 
-        # Lists for the shop's own users in both phases (a user with no state at all, as the new
-        # users are before the 150k events, explains far faster and would flatter the first phase).
+        # Lists for the shop's own users in every phase (a user with no state at all, as the new
+        # users are before the first round, explains far faster and would flatter the first phase).
         shop_users = sorted({e.user_id for e in history})
 
         served_ms: list[float] = []  # what each list cost to serve, in this phase
+        candidates: list[int] = []  # how many candidates each list merged (its features' rows)
 
         def serve(n: int, at_ms: int) -> list[str]:
             ids = []
             for k in range(n):
                 t = time.perf_counter()
-                ids.append(
-                    engine.recommend(RecommendRequest(rng.choice(shop_users), "home", 10, {}, "", at_ms + k)).request_id
-                )
+                response = engine.recommend(RecommendRequest(rng.choice(shop_users), "home", 10, {}, "", at_ms + k))
                 served_ms.append((time.perf_counter() - t) * 1000)
+                candidates.append(len(response.candidate_ids))
+                ids.append(response.request_id)
             return ids
 
-        phases: dict[str, Any] = {}
-        served = serve(args.lists, start)
-        kept, followed = follow(engine)
-        phases["demo_history"] = {
-            "log_events": engine.log.count(),
-            "lists_served": summary(served_ms),
-            "follow": followed,
-            "server_process": summary(kept_times(kept, served)),
-            "checkpointed": summary(explain_times(engine, served, True)),
-            "from_start": summary(explain_times(engine, served[: args.from_start], False)),
-        }
+        def measure(at_end: list[str], along: list[str]) -> dict[str, Any]:
+            lists = {**summary(served_ms), "candidates_mean": round(statistics.mean(candidates), 1)}
+            kept, followed = follow(engine)
+            phase = {
+                "log_events": engine.log.count(),
+                "lists_served": lists,
+                "follow": followed,
+                "server_process": summary(kept_times(kept, at_end)),
+                "checkpointed": summary(explain_times(engine, at_end, True)),
+            }
+            if along:
+                phase["checkpointed_along_the_way"] = summary(explain_times(engine, along, True))
+            phase["from_start"] = summary(explain_times(engine, at_end[: args.from_start], False))
+            return phase
+
+        phases: dict[str, Any] = {"demo_history": measure(serve(args.lists, start), [])}
         print(phases["demo_history"], flush=True)
 
-        # 150k more events; lists served along the way (older positions) and at the end.
-        t = time.perf_counter()
-        along: list[str] = []  # one list after each batch: positions all along the new events
         ts = start
-        chunk: list[Event] = []
-        for n in range(args.more):
-            ts += step_ms
-            chunk.append(Event(f"more-{n}", rng.choice(users), rng.choice(KINDS), ts, rng.choice(items)))
-            if len(chunk) == 5000 or n == args.more - 1:
-                engine.ingest(chunk)
-                chunk = []
-                along.extend(serve(1, ts + 1))
-        ingest_s = time.perf_counter() - t
-        served_ms.clear()
-        at_end = serve(args.lists, ts + 1)
-        lists_at_end = summary(served_ms)
-        kept, followed = follow(engine)
-        phases["after_more"] = {
-            "log_events": engine.log.count(),
-            "ingest_events_per_s": round(args.more / ingest_s),
-            "lists_served": lists_at_end,
-            "follow": followed,
-            "server_process": summary(kept_times(kept, at_end)),
-            "checkpointed": summary(explain_times(engine, at_end, True)),
-            "checkpointed_along_the_way": summary(explain_times(engine, along, True)),
-            "from_start": summary(explain_times(engine, at_end[: args.from_start], False)),
-        }
-        print(phases["after_more"], flush=True)
+        for r in range(args.rounds):
+            # --more events; lists served along the way (older positions) and at the end.
+            t = time.perf_counter()
+            along: list[str] = []  # one list after each batch: positions all along the new events
+            chunk: list[Event] = []
+            for n in range(r * args.more, (r + 1) * args.more):
+                ts += step_ms
+                chunk.append(Event(f"more-{n}", rng.choice(users), rng.choice(KINDS), ts, rng.choice(items)))
+                if len(chunk) == 5000 or n == (r + 1) * args.more - 1:
+                    engine.ingest(chunk)
+                    chunk = []
+                    along.extend(serve(1, ts + 1))
+            ingest_s = time.perf_counter() - t
+            served_ms.clear()
+            candidates.clear()
+            name = f"after_{(r + 1) * args.more}"
+            phases[name] = {
+                "ingest_events_per_s": round(args.more / ingest_s),
+                **measure(serve(args.lists, ts + 1), along),
+            }
+            print(name, phases[name], flush=True)
         figures["checkpoint_file_mb"] = round((Path(tmp) / "data" / "checkpoints.sqlite").stat().st_size / 2**20, 1)
         figures["event_log_mb"] = round((Path(tmp) / "data" / "events.sqlite").stat().st_size / 2**20, 1)
         engine.close()
     figures["phases"] = phases
-    for kind in ("lists_served", "server_process", "checkpointed"):
-        before = phases["demo_history"][kind]["p50_ms"]
-        after = phases["after_more"][kind]["p50_ms"]
-        figures[f"{kind}_p50_after_over_before"] = round(after / before, 2)
-        print(f"{kind}: explain p50 {before} ms -> {after} ms after {args.more} more events (x{after / before:.2f})")
+    names = list(phases)
     for phase in phases.values():
         phase["explain_over_list_p50"] = {
             kind: round(phase[kind]["p50_ms"] / phase["lists_served"]["p50_ms"], 2)
             for kind in ("server_process", "checkpointed")
         }
+    # Each phase against the one before it: the first step takes the demo's sparse history to
+    # full per-item caps; later ones only lengthen the log.
+    figures["p50_over_phase_before"] = {
+        f"{after} / {before}": {
+            kind: round(phases[after][kind]["p50_ms"] / phases[before][kind]["p50_ms"], 2)
+            for kind in ("lists_served", "server_process", "checkpointed")
+        }
+        | {
+            "candidates": round(
+                phases[after]["lists_served"]["candidates_mean"] / phases[before]["lists_served"]["candidates_mean"], 2
+            )
+        }
+        for before, after in pairwise(names)
+    }
+    for step, ratios in figures["p50_over_phase_before"].items():
+        print(f"{step}: p50 x{ratios}")
     write(figures, args.out)
 
 

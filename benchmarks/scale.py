@@ -13,6 +13,7 @@ process measured by ``/usr/bin/time -v`` (wall time and peak resident memory):
   process has caught its checkpoints up: p50 / p99.
 
     nice -n 10 python benchmarks/scale.py --events 1000000 3000000 [--out benchmarks/results/scale.json]
+    nice -n 10 python benchmarks/scale.py --events 10000000 --serve-up-to 0 --merge   # add a size, trained only
 
 Figures are appended per size as they are measured (a cut-off run keeps what it finished).
 Traffic goes to 127.0.0.1 only; every child is stopped by its PID.
@@ -247,22 +248,33 @@ def main() -> None:
         help="larger sizes are trained only (no import, serve or explain): at 10M events the import alone takes hours here",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temporary dir)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the sizes already in --out and add or replace the ones measured now (runs apart: each size says its run)",
+    )
+    parser.add_argument("--note", default="", help="what the machine was doing during this run (kept with each size)")
     args = parser.parse_args()
-    results: dict[str, Any] = {
-        "machine": "2 shared cores, loaded by other sessions' tests and benchmarks (run with nice -n 10)",
-        "sizes": {},
-    }
+    results: dict[str, Any] = {"sizes": {}}
+    if args.merge and args.out.exists():
+        results = json.loads(args.out.read_text())
+    run = {"date": time.strftime("%Y-%m-%d %H:%M"), "note": args.note}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for n in args.events:
-            results["sizes"][str(n)] = measure(n, work, args.seed, args.lists, args.more, args.serve_up_to)
+            results["sizes"][str(n)] = {
+                "run": run,
+                **measure(n, work, args.seed, args.lists, args.more, args.serve_up_to),
+            }
             write(results, args.out)
     sizes = results["sizes"]
-    if len(sizes) >= 2:  # the largest size's training time over the smallest's
-        small, large = sizes[str(min(args.events))], sizes[str(max(args.events))]
-        results["train_time_ratio"] = round(large["train"]["seconds"] / small["train"]["seconds"], 2)
-        results["train_time_ratio_of"] = f"{max(args.events)} / {min(args.events)} events"
+    if len(sizes) >= 2:  # each size's training time over the smallest's
+        smallest = min(sizes, key=int)
+        base = sizes[smallest]["train"]["seconds"]
+        results["train_time_ratio"] = {
+            f"{n} / {smallest}": round(sizes[n]["train"]["seconds"] / base, 2) for n in sorted(sizes, key=int)[1:]
+        }
         write(results, args.out)
 
 

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 #: The child's nice increment: when both cores are busy, the scheduler favours the server.
 NICE = 10
 #: Idle this long, the child folds up to ``FOLLOW_EVENTS`` more events into checkpoints
-#: (``Explainer.follow``), so an explanation of a recent list starts from a recent checkpoint.
+#: (``Explainer.follow``), so an explanation of a recent list starts from a recent checkpoint; while
+#: a step finds that many, the next follows at once.
 IDLE_S = 1.0
 FOLLOW_EVENTS = 5_000
 
@@ -114,11 +115,16 @@ def _serve(conn: Connection, model_dir: str, settings: Settings) -> None:
     requests = RequestLog(settings.data_dir / REQUEST_LOG_FILE, retention=settings.request_log_retention)
     checkpoints = CheckpointStore(settings.data_dir / CHECKPOINTS_FILE)
     explainer = Explainer(trained, settings, log, requests, checkpoints)
+    behind = False  # the last follow stopped short of the log's end: no idle wait before the next
     while True:
         try:
-            while not conn.poll(IDLE_S):  # idle: keep the newest checkpoint near the end of the log
+            # Idle: keep the newest checkpoint near the end of the log. Behind (a burst of events),
+            # the child folds on without waiting, still at its lower priority: waiting a second per
+            # step let it fall minutes behind a busy server (scale bench, 1M events).
+            while not conn.poll(0 if behind else IDLE_S):
+                behind = False
                 with contextlib.suppress(InsessionError, OSError):
-                    explainer.follow(FOLLOW_EVENTS)
+                    behind = explainer.follow(FOLLOW_EVENTS) >= FOLLOW_EVENTS
             message = conn.recv()
         except EOFError:
             break
