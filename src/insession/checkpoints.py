@@ -344,10 +344,11 @@ class CheckpointedReplay(Replay):
 
 
 def replay_from(
-    checkpoints: CheckpointStore, settings: Settings, model: ModelBundle, position: int
+    checkpoints: CheckpointStore, settings: Settings, model: ModelBundle, position: int, max_loaded: int | None = None
 ) -> CheckpointedReplay:
     """The fold explain and forget run for ``model`` under ``settings``, from the nearest checkpoint
-    at or before ``position``, leaving checkpoints by the settings' policy."""
+    at or before ``position``, leaving checkpoints by the settings' policy; it holds at most
+    ``max_loaded`` decoded values past a checkpoint (default: ``explain_cache_entries``)."""
     fp = fingerprint_of(settings, model)
     return CheckpointedReplay(
         checkpoints,
@@ -358,7 +359,7 @@ def replay_from(
         factors=for_model(model),
         every_events=settings.checkpoint_every_events,
         every_ms=int(settings.checkpoint_every_s * 1000),
-        max_loaded=settings.explain_cache_entries,
+        max_loaded=settings.explain_cache_entries if max_loaded is None else max_loaded,
     )
 
 

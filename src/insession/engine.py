@@ -751,8 +751,7 @@ class Engine:
         # large (at most doubling it) instead of dropping it at every checkpoint past
         # explain_cache_entries and reading it back value by value (150k events of the scale bench: 58 s
         # against 34 s).
-        unbounded = self.settings.with_(explain_cache_entries=2**62)
-        explainer = Explainer(self.model, unbounded, self.log, self.requests, self.checkpoints)
+        explainer = Explainer(self.model, self.settings, self.log, self.requests, self.checkpoints, max_loaded=2**62)
         known = self.checkpoints.positions(fingerprint_of(self.settings, self.model))
         total = max(self.log.last_position() - (known[-1] if known else 0), 0)
         done = 0

@@ -29,7 +29,6 @@ from insession.config import Settings
 from insession.errors import Gone, ModelError, NotFound
 from insession.filters import Filters
 from insession.log import EventLog
-from insession.log.sqlite import SqliteEventLog
 from insession.manifest import Manifest, RequestLog
 from insession.model import ModelBundle
 from insession.online.factors import for_model
@@ -90,8 +89,12 @@ class Explainer:
         log: EventLog,
         requests: RequestLog,
         checkpoints: CheckpointStore | None = None,
+        max_loaded: int | None = None,
     ) -> None:
+        """``max_loaded``: decoded values the fold keeps past a checkpoint (default: the settings'
+        ``explain_cache_entries``; a process that holds the serving state already may lift it)."""
         self.model = model
+        self.max_loaded = max_loaded
         self.settings = settings
         self.log = log
         self.requests = requests
@@ -127,7 +130,7 @@ class Explainer:
 
     def _from_checkpoint(self, checkpoints: CheckpointStore, position: int) -> CheckpointedReplay:
         """A fold from the nearest checkpoint at or before ``position``."""
-        return replay_from(checkpoints, self.settings, self.model, position)
+        return replay_from(checkpoints, self.settings, self.model, position, self.max_loaded)
 
     def _fold_to(self, position: int) -> None:
         if self.checkpoints is not None:
@@ -165,11 +168,7 @@ class Explainer:
             return 0
         positions = self.checkpoints.positions(self._fingerprint())
         after = max(self._position, positions[-1] if positions else 0)
-        if isinstance(self.log, SqliteEventLog):  # the positions alone: the fold reads the events
-            n, last = self.log.span(after, max_events)
-        else:
-            read = [position for position, _ in self.log.read(after=after, limit=max_events)]
-            n, last = len(read), read[-1] if read else 0
+        n, last = self.log.span(after, max_events)  # the positions alone: the fold reads the events
         if n:
             self._fold_to(last)
         replay = self._replay

@@ -64,6 +64,17 @@ def test_read_from_a_position(log: EventLog) -> None:
     assert list(log.read(after=log.last_position())) == []
 
 
+def test_span_counts_what_read_would_yield(log: EventLog) -> None:
+    """``span`` (explain's catch-up asks it before folding) is the count and last position of
+    ``read(after, limit)``, across users (partitions) and pages, without reading the events."""
+    log.append([ev(n, f"u{n % 5}") for n in range(1, 41)])
+    positions = [p for p, _ in log.read()]
+    for after in (0, positions[0], positions[17], positions[-2], positions[-1]):
+        for limit in (1, 3, 25, 100):
+            expected = [p for p, _ in log.read(after=after, limit=limit)]
+            assert log.span(after, limit) == (len(expected), expected[-1] if expected else 0)
+
+
 def test_events_read_back_equal_what_was_written(log: EventLog) -> None:
     event = Event("x", "u", EventType.ADD_TO_CART, T0, "i9", "s1", {"price": 3.5, "category": "c"})
     log.append([event])

@@ -38,6 +38,11 @@ class EventLog(Protocol):
         """Events with position > ``after``, in position order."""
         ...
 
+    def span(self, after: int, limit: int) -> tuple[int, int]:
+        """How many of the next ``limit`` events after ``after`` there are, and the position of the
+        last of them (0 if none): what ``read(after, limit)`` would yield, without decoding it."""
+        ...
+
     def known(self, events: Sequence[Event]) -> set[str]:
         """The ids of those of ``events`` the log already holds (on Redis: within its dedup window)."""
         ...

@@ -157,14 +157,18 @@ class RedisStreamEventLog:
         return {e.event_id for e, hit in zip(events, found, strict=True) if hit}
 
     def read_partition(self, partition: int, after: int = 0, page: int = 5000) -> Iterator[tuple[int, Event]]:
+        for entry_id, fields in self._entries(partition, after, page):
+            yield position_of(entry_id), decode_entry(fields)
+
+    def _entries(self, partition: int, after: int, page: int) -> Iterator[tuple[Any, Any]]:
+        """One partition's stream entries after position ``after``, as Redis returns them."""
         start = "-" if after <= 0 else "(" + entry_id_of(after)
         key = self.keys.stream(partition)
         while True:
             rows = self.guard.call("read", lambda s=start: self.client.xrange(key, min=s, max="+", count=page))  # type: ignore[misc]
             if not rows:
                 return
-            for entry_id, fields in rows:
-                yield position_of(entry_id), decode_entry(fields)
+            yield from rows
             start = "(" + (rows[-1][0].decode() if isinstance(rows[-1][0], bytes) else rows[-1][0])
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[tuple[int, Event]]:
@@ -174,6 +178,20 @@ class RedisStreamEventLog:
             if limit is not None and n >= limit:
                 return
             yield item
+
+    def span(self, after: int, limit: int) -> tuple[int, int]:
+        """As ``read`` would yield, counted from the entries' positions only (nothing decoded);
+        each partition reads at most ``limit`` entries."""
+        page = max(min(limit, 5000), 1)
+        positions = heapq.merge(
+            *((position_of(e) for e, _ in self._entries(p, after, page)) for p in range(self.partitions))
+        )
+        n = last = 0
+        for position in positions:
+            if n >= limit:
+                break
+            n, last = n + 1, position
+        return n, last
 
     def erase_user(self, user_id: str) -> list[Event]:
         """Remove every event of ``user_id`` from its partition's stream (the stream is rewritten

@@ -85,7 +85,7 @@ def add(old: Neighbours | None, item: str, weight: float, ts: int) -> Neighbours
     if old is None:
         return Neighbours(ts, (item,), (weight,))
     if len(old.items) != len(old.weights):
-        return add_by_sort(old, item, weight, ts)  # raises, as it always has
+        raise ValueError(f"followers: {len(old.items)} items but {len(old.weights)} weights (a malformed stored list)")
     last = max(old.last_ts, ts)
     f = _decay(last - old.last_ts)
     weights = [w * f for w in old.weights]
