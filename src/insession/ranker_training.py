@@ -26,7 +26,7 @@ from insession.model import ModelBundle
 from insession.online.factors import for_model
 from insession.pipeline import Recommender, RecommendRequest
 from insession.ranking.features import FEATURE_NAMES
-from insession.replay import Replay, request_points
+from insession.replay import Prefix, Replay, request_points
 
 TARGET_GAIN = {EventType.VIEW: 1, EventType.CLICK: 1, EventType.ADD_TO_CART: 2, EventType.PURCHASE: 3}
 
@@ -100,10 +100,13 @@ def replay_groups(
     cfg: RankerConfig,
     progress: Callable[[float], None] = lambda f: None,
     learn_online: bool = True,
+    prefix: Prefix | None = None,
 ) -> ReplayData:
     """Build LambdaRank groups from target events at or after ``from_ts`` (``events`` in time order).
     Without ``learn_online`` the replay's online learning stops at ``from_ts``, as it would on a
-    server that does not learn online."""
+    server that does not learn online. ``prefix``: the fold of the first events of ``events``, all
+    before ``from_ts`` and before any request (``replay.earliest_request``), to continue from
+    (used as it is: a caller that replays several windows gives each its own ``Replay.copy``)."""
     recommender = Recommender(base, {"home": SurfaceConfig("home")}, session_cfg.timeout_ms)
     eligible = [
         i for i, e in enumerate(events) if e.ts >= from_ts and e.type in TARGET_GAIN and e.item_id in base.catalog.index
@@ -113,14 +116,22 @@ def replay_groups(
         eligible = sorted(rng.choice(eligible, size=cfg.max_groups, replace=False).tolist())
     due = request_points(events, eligible, session_cfg)
     learn = True if learn_online else np.array([e.ts < from_ts for e in events], dtype=np.bool_)
-    replay = Replay(session_cfg, learn=learn, factors=for_model(base))
+    folded = 0  # events folded before the loop
+    if prefix is not None and prefix.events > 0:
+        late = events[prefix.events - 1].ts >= from_ts or (due and min(due) < prefix.events - 1)
+        if for_model(base) is not None or late:
+            raise ValueError("prefix: it must hold no online factors and end before from_ts and the first request")
+        replay, folded = prefix.replay, prefix.events
+        replay.learn = learn
+    else:
+        replay = Replay(session_cfg, learn=learn, factors=for_model(base))
     rows: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.int32]] = []
     groups: list[int] = []
     recalled = 0
     done = 0
-    for position in range(-1, len(events)):
-        if position >= 0:
+    for position in range(folded - 1, len(events)):
+        if position >= folded:
             replay.apply(position + 1, events[position])
         for point in due.get(position, ()):
             done += 1

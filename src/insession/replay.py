@@ -68,6 +68,16 @@ class Replay:
             if pairs and self.factors is not None:
                 self.factors.add_ids(pairs[0][0], item)
 
+    def copy(self, learn: bool | npt.NDArray[np.bool_]) -> Replay:
+        """A replay that continues from this one's state apart from it (the values are immutable:
+        the tables are copied, not the states), learning as ``learn`` says; none with an online
+        factor model (its state is not copied)."""
+        if self.factors is not None:
+            raise ValueError("copy: a replay with an online factor model cannot be copied")
+        other = Replay(self.session_cfg, learn=learn)
+        other.states, other.activity, other.followers = dict(self.states), dict(self.activity), dict(self.followers)
+        return other
+
     def state(self, user_id: str) -> SessionState | None:
         return self.states.get(user_id)
 
@@ -90,19 +100,44 @@ def request_points(
 ) -> dict[int, list[RequestPoint]]:
     """For each target index, when its request is asked; keyed by ``after``, in target order."""
     wanted = set(targets)
+    due: dict[int, list[RequestPoint]] = defaultdict(list)
+    for point in _points(events, cfg):
+        if point.target in wanted:
+            due[point.after].append(point)
+    return dict(due)
+
+
+def earliest_request(events: Sequence[Event], first_target: int, cfg: SessionConfig) -> int:
+    """The smallest ``after`` ``request_points`` gives any target at or after ``first_target``: the
+    events before it can be folded once for every replay whose requests start there (-1: none)."""
+    earliest = first_target - 1
+    for point in _points(events, cfg):
+        if point.target >= first_target and point.after < earliest:
+            earliest = point.after
+    return earliest
+
+
+def _points(events: Sequence[Event], cfg: SessionConfig) -> Iterable[RequestPoint]:
+    """The request point of every event, in event order."""
     previous: dict[str, int] = {}
     markers: dict[str, SessionState] = {}
-    due: dict[int, list[RequestPoint]] = defaultdict(list)
     for i, event in enumerate(events):
         new_session, markers[event.user_id] = advance(markers.get(event.user_id), event, cfg)
-        if i in wanted:
-            if new_session or event.user_id not in previous:
-                due[i - 1].append(RequestPoint(i, i - 1, event.ts))
-            else:
-                prev = previous[event.user_id]
-                due[prev].append(RequestPoint(i, prev, events[prev].ts))
+        prev = previous.get(event.user_id)
+        if new_session or prev is None:
+            yield RequestPoint(i, i - 1, event.ts)
+        else:
+            yield RequestPoint(i, prev, events[prev].ts)
         previous[event.user_id] = i
-    return dict(due)
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """The fold of a log's first ``events`` events, from which several replays of that log start
+    (each on its own ``Replay.copy``) instead of each folding them again."""
+
+    replay: Replay
+    events: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from insession.catalog import Item
+from insession.config import SessionConfig
 from insession.datasets.synthetic import SyntheticShop
 from insession.errors import ModelError
 from insession.events import Event, EventType
 from insession.model import ModelBundle
-from insession.training import TrainConfig, train
+from insession.ranker_training import RankerConfig, replay_groups
+from insession.training import TrainConfig, train, train_parts
 
 T0 = 1_767_225_600_000
 
@@ -101,6 +103,42 @@ def test_forked_ranker_replay_gives_the_same_model_as_the_sequential_one(shop: S
     assert {k: v for k, v in forked.stats["ranker"].items() if k not in timing} == {
         k: v for k, v in sequential.stats["ranker"].items() if k not in timing
     }
+
+
+@pytest.mark.parametrize("learn_online", [True, False])
+def test_ranker_windows_from_one_shared_prefix_give_the_model_each_fold_from_the_start_gives(
+    shop: SyntheticShop, monkeypatch: pytest.MonkeyPatch, learn_online: bool
+) -> None:
+    """The ranker's windows continue one fold of the events before their first request instead of
+    each folding them again: the same groups, so the same model, sequential and forked."""
+    import insession.training as training
+
+    cfg = TrainConfig(learn_online=learn_online)
+    shared = training._shared_prefix(sorted(shop.events, key=lambda e: e.ts), cfg, SessionConfig(), RankerConfig())
+    assert shared is not None and shared.events > len(shop.events) // 3  # most of the log is shared
+    # Forked (the default) in the usual mode, and sequential; the forked and sequential paths are
+    # compared with each other above.
+    workers = (2,) if learn_online else (1,)
+    models = {n: train(shop.events, cfg, items=shop.items, workers=n) for n in workers}
+    monkeypatch.setattr(training, "_shared_prefix", lambda *args: None)
+    apart = train(shop.events, cfg, items=shop.items, workers=1)
+    assert apart.ranker is not None
+    for model in models.values():
+        assert model.ranker == apart.ranker and model.version == apart.version
+
+
+def test_a_prefix_past_the_first_request_is_refused() -> None:
+    """A replay must not continue a fold that already holds the events after its first request:
+    that request would see its own future."""
+    from insession.replay import Prefix, Replay
+
+    events = session("u1", ["a", "b", "c", "d"]) + session("u2", ["b", "c"], start=T0 + 60_000)
+    base = train_parts(events[:2], TrainConfig(), SessionConfig(), [])
+    replay = Replay(SessionConfig())
+    for n, event in enumerate(events[:4]):
+        replay.apply(n + 1, event)
+    with pytest.raises(ValueError, match="prefix"):
+        replay_groups(events, base, SessionConfig(), T0 + 2_000, RankerConfig(negatives=3), prefix=Prefix(replay, 4))
 
 
 def test_ranker_replay_learns_online_only_when_the_model_will() -> None:
