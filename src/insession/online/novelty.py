@@ -39,7 +39,6 @@ NOVELTY_FEATURES: tuple[str, ...] = (
     "item_trend_log",
     "item_new",
 )
-DAY_MS = 86_400_000
 
 
 def latest_item(profile: Profile | None) -> str | None:
