@@ -12,6 +12,7 @@ from insession.errors import ModelError
 from insession.events import Event, EventType
 from insession.model import ModelBundle
 from insession.ranker_training import RankerConfig, replay_groups
+from insession.replay import Prefix, Replay
 from insession.training import TrainConfig, train, train_parts
 
 T0 = 1_767_225_600_000
@@ -92,46 +93,50 @@ def test_no_events_is_a_clear_error() -> None:
         train([])
 
 
-def test_forked_ranker_replay_gives_the_same_model_as_the_sequential_one(shop: SyntheticShop) -> None:
-    """Replaying the ranker's windows in parallel processes changes the speed, never the model."""
+def test_forked_ranker_replay_gives_the_same_model_as_the_sequential_one(
+    shop: SyntheticShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaying the ranker's windows in parallel processes changes the speed, never the model; nor
+    does continuing one shared fold of the events before their first request (``_shared_prefix``)
+    instead of each window folding the log from its start."""
+    import insession.training as training
+
     sequential = train(shop.events, items=shop.items, workers=1)
     forked = train(shop.events, items=shop.items, workers=2)
     assert sequential.ranker is not None
     assert forked.ranker == sequential.ranker
     assert forked.version == sequential.version
+    monkeypatch.setattr(training, "_shared_prefix", lambda *args: None)
+    apart = train(shop.events, items=shop.items, workers=1)
+    assert apart.ranker == sequential.ranker and apart.version == sequential.version
     timing = {"fit_seconds"}
     assert {k: v for k, v in forked.stats["ranker"].items() if k not in timing} == {
         k: v for k, v in sequential.stats["ranker"].items() if k not in timing
     }
 
 
-@pytest.mark.parametrize("learn_online", [True, False])
-def test_ranker_windows_from_one_shared_prefix_give_the_model_each_fold_from_the_start_gives(
-    shop: SyntheticShop, monkeypatch: pytest.MonkeyPatch, learn_online: bool
-) -> None:
-    """The ranker's windows continue one fold of the events before their first request instead of
-    each folding them again: the same groups, so the same model, sequential and forked."""
+def test_a_window_continuing_the_shared_prefix_replays_the_groups_its_own_fold_gives(shop: SyntheticShop) -> None:
+    """A ranker window continues one fold of the events before its first request instead of
+    folding them again: the same groups, here without online learning in the window (the forked
+    and sequential trainings above compare whole models with the fold per window)."""
     import insession.training as training
 
-    cfg = TrainConfig(learn_online=learn_online)
-    shared = training._shared_prefix(sorted(shop.events, key=lambda e: e.ts), cfg, SessionConfig(), RankerConfig())
-    assert shared is not None and shared.events > len(shop.events) // 3  # most of the log is shared
-    # Forked (the default) in the usual mode, and sequential; the forked and sequential paths are
-    # compared with each other above.
-    workers = (2,) if learn_online else (1,)
-    models = {n: train(shop.events, cfg, items=shop.items, workers=n) for n in workers}
-    monkeypatch.setattr(training, "_shared_prefix", lambda *args: None)
-    apart = train(shop.events, cfg, items=shop.items, workers=1)
-    assert apart.ranker is not None
-    for model in models.values():
-        assert model.ranker == apart.ranker and model.version == apart.version
+    events = sorted(shop.events, key=lambda e: e.ts)
+    cfg, session_cfg, ranker = TrainConfig(learn_online=False), SessionConfig(), RankerConfig(max_groups=300)
+    shared = training._shared_prefix(events, cfg, session_cfg, ranker)
+    assert shared is not None and shared.events > len(events) // 3  # most of the log is shared
+    start = training._window_start(events, 1, ranker)
+    base = train_parts([e for e in events if e.ts < start], cfg, session_cfg, shop.items)
+    apart = replay_groups(events, base, session_cfg, start, ranker, learn_online=False)
+    own = Prefix(shared.replay.copy(True), shared.events)
+    continued = replay_groups(events, base, session_cfg, start, ranker, learn_online=False, prefix=own)
+    assert len(apart.groups) > 20 and continued.groups == apart.groups
+    assert np.array_equal(continued.x, apart.x) and np.array_equal(continued.y, apart.y)
 
 
 def test_a_prefix_past_the_first_request_is_refused() -> None:
     """A replay must not continue a fold that already holds the events after its first request:
     that request would see its own future."""
-    from insession.replay import Prefix, Replay
-
     events = session("u1", ["a", "b", "c", "d"]) + session("u2", ["b", "c"], start=T0 + 60_000)
     base = train_parts(events[:2], TrainConfig(), SessionConfig(), [])
     replay = Replay(SessionConfig())
@@ -144,10 +149,7 @@ def test_a_prefix_past_the_first_request_is_refused() -> None:
 def test_ranker_replay_learns_online_only_when_the_model_will() -> None:
     """A pair first seen inside a replay window reaches the ranker's online co-visitation feature
     only when the model will serve learning online; frozen, the window sees only what came before it."""
-    from insession.config import SessionConfig
-    from insession.ranker_training import RankerConfig, replay_groups
     from insession.ranking.features import FEATURE_NAMES
-    from insession.training import train_parts
 
     items = [Item(i) for i in ("a", "b", "c", "d", "e")]
     early = session("u1", ["c", "d", "e"]) + session("u2", ["d", "c"], start=T0 + 10_000)
