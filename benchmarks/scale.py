@@ -188,12 +188,14 @@ def measure(n_events: int, work: Path, seed: int, lists: int, more: int, serve_u
     text = (work / "import.log").read_text(errors="replace")
     ingest = re.search(r"in ([\d.]+)s \(([\d,]+) events/s\)", text)
     folded = re.search(r"checkpoints for explain: (\d+) events folded in ([\d.]+)s", text)
+    taken = re.search(r"checkpoints for explain: (\d+) written while importing", text)
     figures["import"] = {
         **imported,
         "events_per_s": round(shape["events"] / imported["seconds"]),  # the whole command, checkpoints included
-        "ingest_seconds": float(ingest.group(1)) if ingest else None,  # read, validate, log and fold
+        "ingest_seconds": float(ingest.group(1)) if ingest else None,  # read, validate, log and fold (and checkpoint)
         "ingest_events_per_s": int(ingest.group(2).replace(",", "")) if ingest else None,
         "checkpoint_seconds": float(folded.group(2)) if folded else None,  # explain's checkpoints after it
+        "checkpoints_while_importing": int(taken.group(1)) if taken else 0,  # taken from the import's own fold
     }
     print(figures["import"], flush=True)
     port = _free_port()

@@ -34,13 +34,16 @@ from typing import Generic, TypeVar
 
 from insession.config import SessionConfig, Settings
 from insession.events import Event
+from insession.features.activity import NAMESPACE as ACTIVITY_NAMESPACE
 from insession.features.activity import ItemActivity, user_key
+from insession.fold import Written
 from insession.log import EventLog
 from insession.model import ModelBundle
 from insession.online import covisit
 from insession.online.factors import OnlineFactors, for_model
 from insession.replay import Replay
 from insession.sessions import SessionState
+from insession.store import FeatureStore
 
 CHECKPOINTS_FILE = "checkpoints.sqlite"
 FORMAT = 2  # 2: values zlib-compressed (user states are JSON: about a fifth of the bytes)
@@ -361,6 +364,74 @@ def replay_from(
         every_ms=int(settings.checkpoint_every_s * 1000),
         max_loaded=settings.explain_cache_entries if max_loaded is None else max_loaded,
     )
+
+
+class StoreCheckpoints:
+    """Checkpoints written from the serving fold itself as it ingests (``Engine.ingest_all``, used by
+    ``insession import``), instead of folding the log a second time afterwards: the fold records
+    the keys it writes (``fold.Written``), and at a checkpoint their values are copied from the
+    store as the bytes the fold wrote there, which are the bytes :meth:`CheckpointedReplay.checkpoint`
+    would record, as that fold is the same (``tests/unit/test_checkpoints.py`` compares them).
+
+    Only valid when the store holds exactly the fold of the log up to the newest checkpoint (an
+    empty data directory, or one a previous import or explanation checkpointed to its end): the
+    engine checks that before it uses one. Checkpoints are taken after a batch by the size/time
+    policy of ``replay_from`` (so at batch ends, not at the exact event a replay would pick)."""
+
+    def __init__(
+        self,
+        checkpoints: CheckpointStore,
+        fp: str,
+        store: FeatureStore,
+        factors: OnlineFactors | None,
+        every_events: int,
+        every_ms: int,
+    ) -> None:
+        self.checkpoints, self.fp, self.store, self.factors = checkpoints, fp, store, factors
+        self.every_events, self.every_ms = every_events, every_ms
+        self.written = Written()
+        self.generation = checkpoints.generation()
+        self.taken = 0  # checkpoints written
+        self.position = 0  # the last folded position
+        self._since = 0
+        self._since_ts: int | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events folded since the last checkpoint."""
+        return self._since
+
+    def folded(self, accepted: Sequence[tuple[int, Event]]) -> None:
+        """After the fold of ``accepted`` (one batch, written to the store): a checkpoint if due."""
+        if not accepted or self.generation < 0:
+            return
+        self.position = accepted[-1][0]
+        self._since += len(accepted)
+        if self._since_ts is None:
+            self._since_ts = accepted[0][1].ts
+        newest = max(e.ts for _, e in accepted)
+        if self._since >= self.every_events or newest - self._since_ts >= self.every_ms:
+            self.checkpoint()
+
+    def checkpoint(self) -> bool:
+        """Record the state at the last folded position (what changed since the last checkpoint);
+        ``False`` if nothing was pending or a user was erased meanwhile (then no more are taken)."""
+        if self._since == 0 or self.generation < 0:
+            return False
+        users, activity, followers = self.written.take()
+        entries: list[tuple[str, str, bytes | None]] = []
+        for user, state in zip(users, self.store.get_sessions(users), strict=True):
+            entries.append((USERS, user, None if state is None else state.to_bytes()))
+        for ns, namespace, keys in ((ITEMS, ACTIVITY_NAMESPACE, activity), (FOLLOWERS, covisit.NAMESPACE, followers)):
+            entries.extend((ns, k, v) for k, v in zip(keys, self.store.get_many(namespace, keys), strict=True))
+        if self.factors is not None:
+            entries.append((FACTORS, "", self.factors.to_bytes()))
+        if not self.checkpoints.write(self.fp, self.position, entries, self.generation):
+            self.generation = -1
+            return False
+        self.taken += 1
+        self._since, self._since_ts = 0, None
+        return True
 
 
 def fold_with_checkpoints(

@@ -650,16 +650,24 @@ def import_history(
             changed = engine.update_items(catalog) if catalog else None
             with _progress() as progress:
                 task = progress.add_task("importing events", total=len(events))
-                result = engine.ingest_all(events, batch=5000, progress=lambda n: progress.advance(task, n))
+                # Explain's checkpoints are taken from this fold as it goes (the first explanation
+                # then folds no history), unless the state is not the fold up to the newest one.
+                result = engine.ingest_all(
+                    events, batch=5000, progress=lambda n: progress.advance(task, n), checkpoint=True
+                )
                 if not engine.folds_inline:
                     _fold_on_redis(engine, workers, progress)
             took = time.perf_counter() - started
-            if engine.folds_inline:  # explain's checkpoints: the first explanation does not fold the whole history
+            if result.checkpoints:
+                checkpointing = f"checkpoints for explain: {result.checkpoints} written while importing"
+            if engine.folds_inline:  # the rest of the log, if the import could not checkpoint it
                 with _progress() as progress:
                     task = progress.add_task("checkpoints for explain", total=None)
                     t = time.perf_counter()
                     folded = engine.write_checkpoints(lambda n, total: progress.update(task, completed=n, total=total))
-                    checkpointing = f"checkpoints for explain: {folded} events folded in {time.perf_counter() - t:.1f}s"
+                    if folded or not result.checkpoints:
+                        took_s = time.perf_counter() - t
+                        checkpointing = f"checkpoints for explain: {folded} events folded in {took_s:.1f}s"
         finally:
             engine.close()
         console.print(f"read {stats.summary()}")

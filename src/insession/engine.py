@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from insession.catalog import Item, item_of, parse_item
-from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore, fingerprint_of
+from insession.checkpoints import CHECKPOINTS_FILE, CheckpointStore, StoreCheckpoints, fingerprint_of
 from insession.clock import Clock, SystemClock
 from insession.config import Settings, SurfaceConfig
 from insession.errors import (
@@ -168,6 +168,7 @@ class BulkResult:
     duplicates: int = 0
     refused: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
+    checkpoints: int = 0  # explain's checkpoints written while folding (``ingest_all(checkpoint=True)``)
 
     def summary(self) -> str:
         text = f"{self.accepted} events accepted, {self.duplicates} already in the log"
@@ -269,6 +270,8 @@ class Engine:
         self.factors = for_model(model)
         #: Replay checkpoints explain and forget fold from (embedded, opened from a data directory).
         self.checkpoints: CheckpointStore | None = None
+        #: Set while ``ingest_all`` writes explain's checkpoints from this fold.
+        self._checkpointing: StoreCheckpoints | None = None
         self._restore_items()
         #: Model hot swap (``model_swap.py``): the versions loaded, the one recorded as active.
         self.models = ModelSwap(self, store, self.items, settings.model_dir)
@@ -466,6 +469,7 @@ class Engine:
             self.settings.learn_online,
             self.factors.add_ids if self.settings.learn_online and self.factors is not None else None,
             self._fold_memos,
+            None if self._checkpointing is None else self._checkpointing.written,
         )
 
     def _fold_all(self, accepted: Iterable[tuple[int, Event]], each: Callable[[int, Event], object]) -> None:
@@ -541,6 +545,8 @@ class Engine:
             if refused:
                 result = replace(result, refused=refused)
             self._fold_all(result.accepted, lambda _, __: None)
+            if self._checkpointing is not None:  # under the lock: the store holds this fold exactly
+                self._checkpointing.folded(result.accepted)
             self._credit([e for _, e in result.accepted])
             self._join_items(e for _, e in result.accepted)
             self._since_snapshot += len(result.accepted)
@@ -595,14 +601,26 @@ class Engine:
         return IngestResult(len(result.accepted), result.duplicates, rejected, last)
 
     def ingest_all(
-        self, events: Iterable[Event], batch: int = 2000, progress: Callable[[int], None] | None = None
+        self,
+        events: Iterable[Event],
+        batch: int = 2000,
+        progress: Callable[[int], None] | None = None,
+        checkpoint: bool = False,
     ) -> BulkResult:
         """Bulk-load events in batches through :meth:`ingest` (validated, idempotent by
         ``event_id``); returns what was accepted, what was already in the log and what was refused,
         by reason. Give a user's events in time order: one more than ``allowed_lateness_ms`` older
-        than the user's newest is refused (``sessions.lateness``)."""
+        than the user's newest is refused (``sessions.lateness``).
+
+        ``checkpoint``: also write explain's checkpoints from this fold as it goes (embedded, when
+        the state is the fold of the log up to its newest checkpoint; ``checkpoints.StoreCheckpoints``),
+        so no second fold of the history is needed (:meth:`write_checkpoints` then has nothing
+        left to fold). ``BulkResult.checkpoints`` says how many were written."""
         out = BulkResult()
         chunk: list[Event] = []
+        with self._lock:
+            writer = self._store_checkpoints() if checkpoint else None
+            self._checkpointing = writer
 
         def flush() -> None:
             r = self.ingest(chunk)
@@ -616,12 +634,19 @@ class Engine:
                 progress(len(chunk))
             chunk.clear()
 
-        for event in events:
-            chunk.append(event)
-            if len(chunk) >= batch:
+        try:
+            for event in events:
+                chunk.append(event)
+                if len(chunk) >= batch:
+                    flush()
+            if chunk:
                 flush()
-        if chunk:
-            flush()
+            if writer is not None:
+                with self._lock:
+                    writer.checkpoint()  # at the end: explaining the next list folds only what follows
+                out.checkpoints = writer.taken
+        finally:
+            self._checkpointing = None
         if out.refused:
             logger.warning("bulk load: %s", out.summary())
         return out
@@ -739,6 +764,22 @@ class Engine:
             )
         model, _ = self.model_serving(request_id)
         return Explainer(model, self.settings, self.log, self.requests, self.checkpoints).explain(request_id)
+
+    def _store_checkpoints(self) -> StoreCheckpoints | None:
+        """A writer of explain's checkpoints from the serving fold (``ingest_all``), or ``None``
+        when the state is not known to be the fold of the log up to its newest checkpoint (then
+        :meth:`write_checkpoints` folds the log instead)."""
+        if self.requests is None or self.checkpoints is None or not self.folds_inline:
+            return None
+        fp = fingerprint_of(self.settings, self.model)
+        known = self.checkpoints.positions(fp)
+        newest = known[-1] if known else 0
+        if newest != self.log.last_position() or newest != self.store.applied_position():
+            return None
+        every_ms = int(self.settings.checkpoint_every_s * 1000)
+        return StoreCheckpoints(
+            self.checkpoints, fp, self.store, self.factors, self.settings.checkpoint_every_events, every_ms
+        )
 
     def write_checkpoints(self, progress: Callable[[int, int], object] | None = None, step: int = 20_000) -> int:
         """Fold the event log into replay checkpoints up to its end (what the server's explanation

@@ -11,7 +11,7 @@ the user's stream partition, and :func:`apply_item_effects` where the items are 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from insession.config import SessionConfig
@@ -67,6 +67,23 @@ def item_effects(
     return ItemEffects(event, bump=weighted, follows=tuple(pairs))
 
 
+@dataclass(slots=True)
+class Written:
+    """The keys a fold wrote to the store since they were last taken: the users whose session
+    state changed, the items whose activity changed and those whose followers changed (what a
+    checkpoint of the fold's state must hold, ``checkpoints.StoreCheckpoints``)."""
+
+    users: set[str] = field(default_factory=set)
+    activity: set[str] = field(default_factory=set)
+    followers: set[str] = field(default_factory=set)
+
+    def take(self) -> tuple[list[str], list[str], list[str]]:
+        """The keys written (sorted), forgotten here."""
+        out = sorted(self.users), sorted(self.activity), sorted(self.followers)
+        self.users, self.activity, self.followers = set(), set(), set()
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class FoldMemos:
     """Decoded item activity and co-visitation lists kept across folds (``memo.DecodeMemo``): the
@@ -87,10 +104,13 @@ class SharedState:
     run, or since a request decoded it, is not decoded again: :meth:`flush` leaves each value it
     writes there with its bytes."""
 
-    def __init__(self, store: FeatureStore, ttl_s: int, memos: FoldMemos | None = None) -> None:
+    def __init__(
+        self, store: FeatureStore, ttl_s: int, memos: FoldMemos | None = None, written: Written | None = None
+    ) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.memos = memos
+        self.written = written
         self._decode_activity: Callable[[str, bytes], ItemActivity] = (
             _plain(ItemActivity.from_bytes) if memos is None else memos.activity.decode
         )
@@ -138,6 +158,8 @@ class SharedState:
             activity = {i: a for i in sorted(self._changed_activity) if (a := self._activity[i]) is not None}
             raws = {i: a.to_bytes() for i, a in activity.items()}
             self.store.put_many(ACTIVITY_NAMESPACE, raws, self.ttl_s)
+            if self.written is not None:
+                self.written.activity.update(raws)
             if self.memos is not None:
                 for i, a in activity.items():
                     self.memos.activity.remember(i, raws[i], a)
@@ -145,6 +167,8 @@ class SharedState:
             lists = {p: n for p in sorted(self._changed_neighbours) if (n := self._neighbours[p]) is not None}
             raws = {p: n.to_bytes() for p, n in lists.items()}
             self.store.put_many(covisit.NAMESPACE, raws, self.ttl_s)
+            if self.written is not None:
+                self.written.followers.update(raws)
             if self.memos is not None:
                 for p, n in lists.items():
                     self.memos.followers.remember(p, raws[p], n)
@@ -168,7 +192,8 @@ class FoldBatch:
     and every change written back once, by :meth:`flush`: the same state as :func:`fold_event` for
     each event in turn (``tests/unit/test_fold_batch.py``). ``learn=False`` leaves the online
     co-visitation counts as they are; ``on_pair`` is given the pair (the session's previous counted
-    item, this item) the online factor model learns from; ``memos``: see :class:`SharedState`."""
+    item, this item) the online factor model learns from; ``memos``: see :class:`SharedState`;
+    ``written`` (optional) collects the keys each flush writes."""
 
     def __init__(
         self,
@@ -179,6 +204,7 @@ class FoldBatch:
         learn: bool = True,
         on_pair: Callable[[str, str], object] | None = None,
         memos: FoldMemos | None = None,
+        written: Written | None = None,
     ) -> None:
         self.store = store
         self.session = session
@@ -186,7 +212,8 @@ class FoldBatch:
         self.stats = stats
         self.learn = learn
         self.on_pair = on_pair
-        self.shared = SharedState(store, ttl_s, memos)
+        self.shared = SharedState(store, ttl_s, memos, written)
+        self.written = written
         self._states: dict[str, SessionState | None] = {}
         self._changed: dict[str, None] = {}  # users, in the order their state first changed
 
@@ -215,6 +242,8 @@ class FoldBatch:
             state = self._states[user]
             if state is not None:
                 self.store.put_session(user, state, self.ttl_s)
+        if self.written is not None:
+            self.written.users.update(self._changed)
         self._changed.clear()
         self.shared.flush()
 

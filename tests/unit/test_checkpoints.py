@@ -3,13 +3,27 @@ from the start of the log reaches, and only reads the events after that checkpoi
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from insession.checkpoints import CheckpointedReplay, CheckpointStore, fingerprint, fold_with_checkpoints
-from insession.config import SessionConfig
+from insession.checkpoints import (
+    CHECKPOINTS_FILE,
+    FOLLOWERS,
+    ITEMS,
+    USERS,
+    CheckpointedReplay,
+    CheckpointStore,
+    fingerprint,
+    fingerprint_of,
+    fold_with_checkpoints,
+)
+from insession.clock import ManualClock
+from insession.config import SessionConfig, Settings
 from insession.datasets.synthetic import SyntheticShop
+from insession.engine import Engine
 from insession.events import Event
 from insession.log.sqlite import SqliteEventLog
+from insession.model import ModelBundle
 from insession.replay import Replay
 
 
@@ -104,3 +118,47 @@ def test_a_fold_holding_few_values_drops_them_at_checkpoints_and_still_reaches_t
     items = sorted(full.activity)
     assert small.lookup(items) == full.lookup(items)
     assert small.neighbours(sorted(full.followers)) == full.neighbours(sorted(full.followers))
+
+
+def test_checkpoints_written_while_importing_hold_what_a_fold_of_the_log_holds(
+    tmp_path: Path, shop: SyntheticShop, model: ModelBundle, clock: ManualClock
+) -> None:
+    """``ingest_all(checkpoint=True)`` (what ``insession import`` runs) takes explain's checkpoints
+    from the serving fold: at each one, every user state, item activity and followers list equals
+    a replay of the log to that position, byte for byte, and nothing else is stored; a second
+    import continues them; a state that is not the fold up to the newest checkpoint takes none."""
+    settings = Settings(data_dir=tmp_path / "data", checkpoint_every_events=700, checkpoint_every_s=1e9)
+    events = sorted(shop.events, key=lambda e: e.ts)[:4000]
+    engine = Engine.open(settings, model=model, clock=clock)
+    first = engine.ingest_all(events[:2500], batch=300, checkpoint=True)
+    second = engine.ingest_all(events[2500:], batch=300, checkpoint=True)
+    assert engine.checkpoints is not None
+    fp = fingerprint_of(settings, model)
+    positions = engine.checkpoints.positions(fp)
+    # After the batches reaching 700 events since the last: 900, 1800, 2500; then 3400 and the end.
+    assert first.checkpoints == 3 and second.checkpoints == 2
+    assert positions[-1] == engine.log.last_position() and engine.write_checkpoints() == 0
+
+    replay, folded = Replay(settings.session, learn=settings.learn_online), 0
+    db = sqlite3.connect(tmp_path / "data" / CHECKPOINTS_FILE)
+    for c in positions:
+        for position, event in engine.log.read(after=folded, limit=c - folded):
+            replay.apply(position, event)
+        folded = c
+        for ns, table in ((USERS, replay.states), (ITEMS, replay.activity), (FOLLOWERS, replay.followers)):
+            for key, value in table.items():
+                assert engine.checkpoints.get(fp, ns, key, c) == value.to_bytes(), (c, ns, key)
+            stored = db.execute(
+                "SELECT COUNT(DISTINCT key) FROM entries WHERE fingerprint = ? AND ns = ? AND position <= ?",
+                (fp, ns, c),
+            ).fetchone()[0]
+            assert stored == len(table), (c, ns)
+    db.close()
+    engine.close()
+
+    other = Settings(data_dir=tmp_path / "other", checkpoint_every_events=700)
+    elsewhere = Engine.open(other, model=model, clock=clock)
+    elsewhere.ingest_all(events[:1000])  # folded without checkpoints: the next import cannot take them
+    assert elsewhere.ingest_all(events[1000:2000], checkpoint=True).checkpoints == 0
+    assert elsewhere.write_checkpoints() == 2000  # explain's own fold does it instead
+    elsewhere.close()
