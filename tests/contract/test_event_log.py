@@ -56,6 +56,20 @@ def test_duplicate_within_one_batch(log: EventLog) -> None:
     assert len(result.accepted) == 1 and result.duplicates == 1 and log.count() == 1
 
 
+def test_a_large_batch_mixing_new_stored_and_repeated_ids(log: EventLog) -> None:
+    """More events than one SQLite statement inserts, with ids already stored and ids repeated in the
+    batch: each new id accepted once, in batch order, at increasing positions; the rest duplicates."""
+    log.append([ev(n) for n in range(0, 1500, 7)])
+    batch = [ev(n % 1300) for n in range(1400)]  # 0..99 twice
+    result = log.append(batch)
+    new = [n for n in range(1300) if n % 7 != 0]
+    assert [e.event_id for _, e in result.accepted] == [f"e{n}" for n in new]
+    positions = [p for p, _ in result.accepted]
+    assert positions == sorted(positions) and len(set(positions)) == len(new)
+    assert result.duplicate_ids == [e.event_id for n, e in enumerate(batch) if n % 1300 % 7 == 0 or n >= 1300]
+    assert log.count() == len(range(0, 1500, 7)) + len(new)
+
+
 def test_read_from_a_position(log: EventLog) -> None:
     result = log.append([ev(n) for n in range(1, 11)])
     middle = result.accepted[4][0]

@@ -12,6 +12,7 @@ of its batch (the transaction is rolled back), so the caller can answer 503 and 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -34,6 +35,19 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 """
+
+
+#: Rows per INSERT statement (4 parameters each, well under SQLite's 32,766 variables).
+_ROWS_PER_INSERT = 500
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_sql(rows: int) -> str:
+    """One INSERT of ``rows`` events that skips ids already stored and returns the stored rows'
+    positions: one statement per batch instead of one per event (the positions are the same as
+    one INSERT per event gives, gaps left by skipped ids included)."""
+    values = ",".join(["(?,?,?,?)"] * rows)
+    return f"INSERT OR IGNORE INTO events (event_id, user_id, ts, body) VALUES {values} RETURNING position, event_id"
 
 
 def _fault(path: Path, doing: str, exc: sqlite3.Error) -> StorageFault:
@@ -71,15 +85,19 @@ class SqliteEventLog:
             cur = self._conn.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
-                for event in events:
-                    cur.execute(
-                        "INSERT OR IGNORE INTO events (event_id, user_id, ts, body) VALUES (?,?,?,?)",
-                        (event.event_id, event.user_id, event.ts, event.to_json()),
-                    )
-                    if cur.rowcount == 1 and cur.lastrowid is not None:
-                        result.accepted.append((cur.lastrowid, event))
-                    else:
+                stored: dict[str, int] = {}  # event id -> position, for the rows this batch inserted
+                for start in range(0, len(events), _ROWS_PER_INSERT):
+                    part = events[start : start + _ROWS_PER_INSERT]
+                    values = [v for e in part for v in (e.event_id, e.user_id, e.ts, e.to_json())]
+                    cur.execute(_insert_sql(len(part)), values)
+                    stored.update((str(event_id), int(position)) for position, event_id in cur.fetchall())
+                for event in events:  # the first of a batch's repeated ids is the one inserted
+                    position = stored.pop(event.event_id, None)
+                    if position is None:
                         result.duplicate_ids.append(event.event_id)
+                    else:
+                        result.accepted.append((position, event))
+                result.accepted.sort(key=lambda pe: pe[0])
                 cur.execute("COMMIT")
             except BaseException as exc:
                 if self._conn.in_transaction:  # SQLite may have rolled back already (disk full)
