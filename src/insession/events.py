@@ -313,6 +313,59 @@ def check_event(event: Event) -> list[FieldError]:
 
     An empty ``session_id`` is a problem here (``Event`` is the normalised form: absent is
     ``None``); :func:`normalise` turns one into ``None``."""
+    return [] if _plainly_valid(event) else _every_problem(event)
+
+
+def _plain_text(value: object, most: int) -> bool:
+    return type(value) is str and 0 < len(value) <= most and value.isascii() and value.isprintable()
+
+
+def _plainly_valid(event: Event) -> bool:
+    """A quick yes for the usual event (printable ASCII ids and keys, a known type, an integer time
+    in range, plain property values), which every rule of :func:`_every_problem` accepts; ``False``
+    means "run every rule", not "invalid" (``tests/unit/test_properties.py`` holds it to that)."""
+    item = event.item_id
+    if not (_plain_text(event.event_id, MAX_ID_CHARS) and _plain_text(event.user_id, MAX_ID_CHARS)):
+        return False
+    if (item is not None and not _plain_text(item, MAX_ID_CHARS)) or (
+        event.session_id is not None and not _plain_text(event.session_id, MAX_ID_CHARS)
+    ):
+        return False
+    if type(event.type) is not EventType or (item is None and event.type in ITEM_EVENT_TYPES):
+        return False
+    ts = event.ts
+    if type(ts) is not int or not MIN_PLAUSIBLE_TS_MS <= ts <= MAX_PLAUSIBLE_TS_MS:
+        return False
+    props = event.properties
+    if not props:
+        return True
+    if type(props) is not dict or len(props) > MAX_PROPERTIES:
+        return False
+    for key, value in props.items():
+        if not _plain_text(key, MAX_PROPERTY_KEY_CHARS):
+            return False
+        kind = type(value)
+        if kind is str:
+            if (
+                key == "price"
+                or len(value) > MAX_PROPERTY_STRING_CHARS
+                or not (value.isascii() and value.isprintable())
+            ):
+                return False
+        elif kind is float or kind is int:
+            if key in _TYPED_PROPERTIES and key != "price":
+                return False
+            if not (0 <= value < math.inf if key == "price" else -math.inf < value < math.inf):
+                return False
+            if kind is int and abs(value) > MAX_PROPERTY_INT:
+                return False
+        else:  # None, bool or anything else: every rule decides
+            return False
+    return True
+
+
+def _every_problem(event: Event) -> list[FieldError]:
+    """:func:`check_event`'s rules, each of them."""
     errors: list[FieldError] = []
     for name in ("event_id", "user_id"):
         error = _id_error(name, getattr(event, name))

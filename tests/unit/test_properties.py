@@ -235,3 +235,70 @@ def test_distinct_users_in_24h_are_the_users_of_the_events_inside_it(
             inside = {u for t, u in zip(act.recent, act.recent_users, strict=False) if now - WINDOWS_MS[-1] < t <= now}
             assert users[n] == len(inside - {-1})
             assert windows[n, -1] == sum(now - WINDOWS_MS[-1] < t <= now for t in act.recent)
+
+
+_TEXTS = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=12),
+    st.text(max_size=6),  # control characters, surrogates, non-ASCII, empty
+    st.text(alphabet="ab", min_size=120, max_size=140),  # around MAX_ID_CHARS
+)
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**63 - 1, 2**63, -(2**63) + 1, -(2**63), 2**64, 10**400]),  # around MAX_PROPERTY_INT
+    st.floats(allow_nan=True, allow_infinity=True),
+    _TEXTS,
+    st.text(alphabet="x\t", min_size=500, max_size=520),  # tabs; around MAX_PROPERTY_STRING_CHARS
+    st.integers(508, 516).map(lambda n: "x" * n),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@st.composite
+def python_events(draw: st.DrawFn) -> Event:
+    """Events as a caller of the Python API may build them: valid, with up to two fields made
+    anything (wrong type, out of range, odd text), and properties of any values."""
+    plain = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=12)
+    fields = {
+        "event_id": (plain, st.one_of(_TEXTS, st.none())),
+        "user_id": (plain, _TEXTS),
+        "type": (st.sampled_from(list(EventType)), st.just("view")),
+        "ts": (
+            st.integers(min_value=T0, max_value=T0 + 10**9),
+            st.one_of(st.integers(min_value=0, max_value=5 * 10**12), st.booleans(), st.floats()),
+        ),
+        "item_id": (plain, st.one_of(st.none(), _TEXTS)),
+        "session_id": (st.one_of(st.none(), plain), st.one_of(st.just(""), _TEXTS)),
+    }
+    odd = draw(st.sets(st.sampled_from(sorted(fields)), max_size=2))
+    value = {name: draw(bad if name in odd else good) for name, (good, bad) in fields.items()}
+    keys = st.one_of(st.sampled_from(["category", "brand", "query", "price", "device", "colour"]), _TEXTS)
+    props = draw(st.dictionaries(keys, _VALUES, max_size=4))
+    return Event(
+        value["event_id"],
+        value["user_id"],
+        value["type"],
+        value["ts"],
+        value["item_id"],
+        value["session_id"],
+        props,
+    )
+
+
+@settings(max_examples=1500, deadline=None)
+@given(python_events())
+def test_the_quick_yes_of_check_event_is_only_given_to_events_every_rule_accepts(event: Event) -> None:
+    from insession.events import _every_problem, _plainly_valid, check_event
+
+    every = _every_problem(event)
+    if _plainly_valid(event):
+        assert every == [], every
+    assert check_event(event) == every
+
+
+def test_the_quick_yes_of_check_event_takes_the_usual_events(shop: object) -> None:
+    from insession.events import _plainly_valid
+
+    events = shop.events  # type: ignore[attr-defined]
+    assert all(_plainly_valid(e) for e in events)  # the synthetic shop's events: the fast path
