@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from insession.clock import MINUTE_MS
@@ -302,3 +302,38 @@ def test_the_quick_yes_of_check_event_takes_the_usual_events(shop: object) -> No
 
     events = shop.events  # type: ignore[attr-defined]
     assert all(_plainly_valid(e) for e in events)  # the synthetic shop's events: the fast path
+
+
+@st.composite
+def json_events(draw: st.DrawFn) -> object:
+    """Event documents as a client (or the log) may send them: an event's fields, some made
+    anything, sometimes with a field too many, a missing one, or not an object at all."""
+    event = draw(python_events())
+    raw: dict[object, object] = {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "type": event.type.value if isinstance(event.type, EventType) else event.type,
+        "ts": event.ts,
+        "item_id": event.item_id,
+        "session_id": event.session_id,
+        "properties": event.properties,
+    }
+    for name in draw(st.sets(st.sampled_from(sorted(raw)), max_size=2)):
+        del raw[name]
+    if draw(st.booleans()):
+        raw[draw(st.sampled_from(["extra", 1, "type"]))] = draw(_VALUES)
+    return draw(st.one_of(st.just(raw), _VALUES))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(json_events())
+@example({"event_id": "e", "user_id": "u", "type": "view", "ts": T0, "item_id": "i", "properties": {"z": 1, "a": "b"}})
+def test_the_quick_way_of_validate_event_makes_the_event_every_rule_makes(raw: object) -> None:
+    from insession.events import _plain_event, _validate_every_rule, validate_event
+
+    every, errors = _validate_every_rule(raw)
+    quick = _plain_event(raw)
+    if quick is not None:
+        assert every is not None and errors == [] and quick == every, errors
+        assert list(quick.properties.items()) == list(every.properties.items())  # the same order too
+    assert validate_event(raw) == (every, errors)
