@@ -499,6 +499,7 @@ def train(
             # computations, the same results, on every core.
             parts, final = _replay_windows_forked(event_list, cfg, session_cfg, items, ranker, progress)
         else:
+            progress("folding the events every ranker window replays first", 0.02)
             shared = _shared_prefix(event_list, cfg, session_cfg, ranker)
             for w, lag in _windows(cfg, ranker):  # oldest window last but one: groups stay in time order
                 init = None if lag else previous
