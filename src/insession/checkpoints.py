@@ -396,11 +396,6 @@ class StoreCheckpoints:
         self._since = 0
         self._since_ts: int | None = None
 
-    @property
-    def pending(self) -> int:
-        """Events folded since the last checkpoint."""
-        return self._since
-
     def folded(self, accepted: Sequence[tuple[int, Event]]) -> None:
         """After the fold of ``accepted`` (one batch, written to the store): a checkpoint if due."""
         if not accepted or self.generation < 0:

@@ -91,13 +91,14 @@ class SqliteEventLog:
                     values = [v for e in part for v in (e.event_id, e.user_id, e.ts, e.to_json())]
                     cur.execute(_insert_sql(len(part)), values)
                     stored.update((str(event_id), int(position)) for position, event_id in cur.fetchall())
-                for event in events:  # the first of a batch's repeated ids is the one inserted
+                # The first of a batch's repeated ids is the one inserted; rows are inserted in
+                # batch order, so the accepted come out in position order.
+                for event in events:
                     position = stored.pop(event.event_id, None)
                     if position is None:
                         result.duplicate_ids.append(event.event_id)
                     else:
                         result.accepted.append((position, event))
-                result.accepted.sort(key=lambda pe: pe[0])
                 cur.execute("COMMIT")
             except BaseException as exc:
                 if self._conn.in_transaction:  # SQLite may have rolled back already (disk full)
