@@ -3,7 +3,15 @@ fold and the offline replay), and items the model was trained without joining th
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from insession.clock import MINUTE_MS, ManualClock
 from insession.config import Settings
@@ -135,3 +143,30 @@ def test_events_add_at_most_max_joined_items_to_the_catalog_and_the_rest_are_cou
     engine.ingest([view(9, "u9", "new-0", now + 9)])  # a joined item is still known
     assert len(engine.model.added) == 3 and engine.items_not_joined == 2
     engine.log.close()
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-(2**63), 2**63 - 1),
+    st.lists(
+        st.tuples(st.text(max_size=12), st.floats(allow_nan=False) | st.just(math.nan)), max_size=covisit.MAX_NEIGHBOURS
+    ),
+)
+def test_followers_bytes_give_back_the_list_exactly(last_ts: int, pairs: list[tuple[str, float]]) -> None:
+    """Any list, odd ids (NUL, empty, non-ASCII) and floats (negative zero, infinities, NaN's bits)
+    included, decodes to what was encoded; as does the JSON earlier versions wrote."""
+    n = covisit.Neighbours(last_ts, tuple(i for i, _ in pairs), tuple(w for _, w in pairs))
+    for raw in (n.to_bytes(), json.dumps([n.last_ts, n.items, n.weights], separators=(",", ":")).encode()):
+        back = covisit.Neighbours.from_bytes(raw)
+        assert back.last_ts == n.last_ts and back.items == n.items
+        assert [struct.pack("<d", w) for w in back.weights] == [struct.pack("<d", w) for w in n.weights]
+    if not any("\x00" in i for i in n.items):
+        assert n.to_bytes()[:1] == b"\x01"  # the binary form: JSON only for what it cannot hold
+
+
+def test_followers_bytes_refuse_what_they_cannot_read() -> None:
+    good = covisit.Neighbours(T0, ("a", "b"), (2.0, 1.0)).to_bytes()
+    with pytest.raises(ValueError, match="followers: unknown format"):
+        covisit.Neighbours.from_bytes(b"\x07" + good[1:])
+    with pytest.raises(ValueError, match="followers: 3 items but 2 weights"):
+        covisit.Neighbours.from_bytes(good + b"\x00c")
