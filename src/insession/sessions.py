@@ -40,6 +40,10 @@ class Interaction:
         return Interaction(str(raw[0]), EventType(raw[1]), int(raw[2]), raw[3])
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_TYPES = {t.value: t for t in EventType}
+
+
 @dataclass(frozen=True, slots=True)
 class SessionState:
     """The live state of one user. ``session_version`` counts every event applied to it."""
@@ -87,8 +91,31 @@ class SessionState:
         }
 
     def to_bytes(self) -> bytes:
-        """Canonical serialisation: equal states give equal bytes."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        """Canonical serialisation: equal states give equal bytes. The bytes of ``to_dict()`` with
+        sorted keys, built without it: the keys written in their sorted order, interactions as
+        tuples (a ``StrEnum`` is written as its value). Half the time of ``to_dict`` and a sort for
+        a state with a hundred interactions, which the fold and each checkpoint write for every
+        user they touch (``tests/unit/test_state_bytes.py`` holds it to the ``to_dict`` form)."""
+        return _ENCODE(
+            {
+                "cart": self.cart,
+                "dismissed": self.dismissed,
+                "events": [(i.item_id, i.type, i.ts, i.category) for i in self.events],
+                "explicit_session": self.explicit_session,
+                "history": [(i.item_id, i.type, i.ts, i.category) for i in self.history],
+                "last_event_ms": self.last_event_ms,
+                "last_query": self.last_query,
+                "last_query_ms": self.last_query_ms,
+                "log_position": self.log_position,
+                "previous_last_ms": self.previous_last_ms,
+                "purchased": self.purchased,
+                "session_id": self.session_id,
+                "session_index": self.session_index,
+                "session_started_ms": self.session_started_ms,
+                "session_version": self.session_version,
+                "user_id": self.user_id,
+            }
+        ).encode()
 
     @staticmethod
     def from_dict(raw: dict[str, Any]) -> SessionState:
@@ -113,7 +140,29 @@ class SessionState:
 
     @staticmethod
     def from_bytes(raw: bytes) -> SessionState:
-        return SessionState.from_dict(json.loads(raw))
+        d = json.loads(raw)
+        try:  # the usual bytes: interactions built without from_list's per-field calls
+            types = _TYPES
+            return SessionState(
+                d["user_id"],
+                d["session_id"],
+                int(d["session_index"]),
+                int(d["session_version"]),
+                int(d["session_started_ms"]),
+                int(d["last_event_ms"]),
+                int(d["log_position"]),
+                bool(d["explicit_session"]),
+                tuple([Interaction(str(a), types[t], int(ts), c) for a, t, ts, c in d["events"]]),
+                tuple([Interaction(str(a), types[t], int(ts), c) for a, t, ts, c in d["history"]]),
+                tuple(d["cart"]),
+                tuple(d["purchased"]),
+                tuple(d["dismissed"]),
+                d["last_query"],
+                int(d.get("last_query_ms", 0)),
+                d.get("previous_last_ms"),
+            )
+        except (KeyError, ValueError, TypeError):
+            return SessionState.from_dict(d)  # raises what the field's rule says
 
 
 def starts_new_session(state: SessionState | None, event: Event, cfg: SessionConfig) -> bool:

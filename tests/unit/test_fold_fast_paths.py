@@ -201,3 +201,29 @@ def test_event_json_from_the_encoder_built_once_equals_json_dumps(properties: di
             event.to_json()
     else:
         assert event.to_json() == expected
+
+
+ODD_TEXT = st.text(max_size=6)  # quotes, backslashes, control and non-ASCII characters
+
+
+@given(
+    state_strategy(),
+    ODD_TEXT,
+    st.one_of(st.none(), ODD_TEXT),
+    st.lists(st.builds(Interaction, ODD_TEXT, st.sampled_from(KINDS), TIMES, st.one_of(st.none(), ODD_TEXT))),
+)
+def test_state_bytes_are_the_sorted_json_of_to_dict(
+    state: SessionState, user: str, query: str | None, history: list[Interaction]
+) -> None:
+    """``to_bytes`` writes exactly the canonical form (``to_dict`` with sorted keys), and
+    ``from_bytes`` reads it back to an equal state, whatever the strings hold."""
+    state = replace(state, user_id=user, session_id=user + "#1", last_query=query, history=tuple(history))
+    raw = state.to_bytes()
+    assert raw == json.dumps(state.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    assert SessionState.from_bytes(raw) == state
+
+
+def test_state_bytes_with_an_unknown_type_are_refused_by_the_field_rule() -> None:
+    raw = SessionState("u", "s", 1, 1, T0, T0, events=(Interaction("i", EventType.VIEW, T0),)).to_bytes()
+    with pytest.raises(ValueError, match="'teleport' is not a valid EventType"):
+        SessionState.from_bytes(raw.replace(b'"view"', b'"teleport"'))
