@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from insession import engine as engine_module
 from insession.clock import ManualClock
 from insession.config import Settings
 from insession.datasets.synthetic import SyntheticShop
@@ -110,3 +117,52 @@ def test_expired_users_leave_memory(settings: Settings, model: ModelBundle, cloc
     assert list(engine.store._sessions) == ["new"]  # type: ignore[attr-defined]
     assert engine.store.user_values() == 0  # type: ignore[attr-defined]  # nor what they were shown
     engine.log.close()
+
+
+def test_snapshots_are_spaced_by_what_the_last_one_cost(
+    settings: Settings, model: ModelBundle, clock: ManualClock, shop: SyntheticShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot rewrites the whole state: after one that took ``t`` s, the next waits
+    ``SNAPSHOT_SPACING * t`` s as well as ``snapshot_every_events`` events; the log keeps every
+    event meanwhile, and a restart folds those after the last snapshot."""
+    now = [1000.0]
+
+    class EngineTime:  # the engine module's ``time``, with a monotonic clock the test moves
+        def __getattr__(self, name: str) -> object:
+            return getattr(time, name)
+
+        def monotonic(self) -> float:
+            return now[0]
+
+    monkeypatch.setattr(engine_module, "time", EngineTime())
+    engine = Engine.open(settings.with_(snapshot_every_events=10), model=model, clock=clock)
+    written: list[int] = []
+    store_snapshot = engine.store.snapshot  # type: ignore[attr-defined]
+
+    def slow_snapshot(path: Path) -> None:
+        now[0] += 2.0  # this snapshot takes two seconds
+        store_snapshot(path)
+        written.append(json.loads((settings.data_dir / SNAPSHOT_FILE).read_bytes().split(b"\n")[0])["applied_position"])
+
+    monkeypatch.setattr(engine.store, "snapshot", slow_snapshot)
+    events = shop.events[:90]
+    engine.ingest(events[:10])
+    assert written == [10]  # due by count, nothing before it
+    for n in range(1, 6):  # five more batches, one second apart: within 9 x 2 s of the last
+        now[0] += 1.0
+        engine.ingest(events[10 * n : 10 * n + 10])
+    assert written == [10]
+    now[0] += 2.0 * engine_module.SNAPSHOT_SPACING
+    engine.ingest(events[60:70])
+    assert written == [10, 70]
+    engine.ingest(events[70:90])
+    engine.log.close()  # no final snapshot, as after a crash: the log has the events after it
+    assert written == [10, 70]
+    monkeypatch.undo()
+    reopened = Engine.open(settings, model=model, clock=clock)
+    users = sorted({e.user_id for e in events})
+    whole = Engine.open(settings.with_(data_dir=settings.data_dir.parent / "whole"), model=model, clock=clock)
+    whole.ingest_all(events)
+    assert states(reopened, users) == states(whole, users)
+    reopened.close()
+    whole.close()
