@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import fields, replace
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -227,3 +228,24 @@ def test_state_bytes_with_an_unknown_type_are_refused_by_the_field_rule() -> Non
     raw = SessionState("u", "s", 1, 1, T0, T0, events=(Interaction("i", EventType.VIEW, T0),)).to_bytes()
     with pytest.raises(ValueError, match="'teleport' is not a valid EventType"):
         SessionState.from_bytes(raw.replace(b'"view"', b'"teleport"'))
+
+
+@given(
+    st.floats(0, 1e12),
+    st.integers(-(2**62), 2**62),
+    st.lists(st.tuples(st.integers(-(2**62), 2**62), st.integers(-1, 2**32 - 1)), max_size=MAX_RECENT),
+    st.booleans(),
+)
+def test_activity_bytes_are_the_float64_array_numpy_writes(
+    decayed: float, last_ts: int, recent: list[tuple[int, int]], with_users: bool
+) -> None:
+    """``ItemActivity.to_bytes`` packs with ``struct``; the bytes are those of the float64 array it
+    replaces (times past 2**53 rounded alike), and read back by ``from_bytes``."""
+    activity = ItemActivity(
+        decayed, last_ts, tuple(t for t, _ in recent), tuple(u for _, u in recent) if with_users else ()
+    )
+    users = activity.recent_users or (-1,) * len(activity.recent)
+    plain = np.array((-1.0, decayed, last_ts, *activity.recent, *users), dtype=np.float64).tobytes()
+    assert activity.to_bytes() == plain
+    back = ItemActivity.from_bytes(plain)
+    assert (back.decayed, len(back.recent), len(back.recent_users)) == (decayed, len(recent), len(recent))

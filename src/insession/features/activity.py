@@ -8,10 +8,12 @@ popularity are the same number online and offline.
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import chain
 
 import numpy as np
@@ -37,6 +39,11 @@ USER_WINDOW_MS = 10 * MINUTE_MS
 _FORMAT = -1.0  # first value of the serialised form (``decayed`` is never negative)
 
 
+@cache
+def _packer(n: int) -> struct.Struct:
+    return struct.Struct(f"={n}d")
+
+
 def user_key(user_id: str) -> int:
     """A 32-bit key for a user, kept with each recent event of an item."""
     return zlib.crc32(user_id.encode())
@@ -56,7 +63,9 @@ class ItemActivity:
 
     def to_bytes(self) -> bytes:
         users = self.recent_users or (-1,) * len(self.recent)
-        return np.array((_FORMAT, self.decayed, self.last_ts, *self.recent, *users), dtype=np.float64).tobytes()
+        # The bytes of np.array(values, dtype=np.float64) (native order), packed without the array.
+        packer = _packer(3 + len(self.recent) + len(users))
+        return packer.pack(_FORMAT, self.decayed, self.last_ts, *self.recent, *users)
 
     @staticmethod
     def from_bytes(raw: bytes) -> ItemActivity:
