@@ -970,8 +970,10 @@ def replay(
         keys = store.keys(NAMESPACE)
         items = {k: v for k, v in zip(keys, store.get_many(NAMESPACE, keys), strict=True) if v is not None}
         fkeys = store.keys(covisit.NAMESPACE)
-        followers = {
-            k: v for k, v in zip(fkeys, store.get_many(covisit.NAMESPACE, fkeys), strict=True) if v is not None
+        followers = {  # in today's form, as the users' states: lists written before it are JSON
+            k: covisit.Neighbours.from_bytes(v).to_bytes()
+            for k, v in zip(fkeys, store.get_many(covisit.NAMESPACE, fkeys), strict=True)
+            if v is not None
         }
         log = SqliteEventLog(settings.data_dir / LOG_FILE)
         with console.status("replaying the event log"):

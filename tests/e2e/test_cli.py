@@ -6,14 +6,17 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from insession.clock import ManualClock
 from insession.config import Settings
 from insession.datasets.synthetic import SyntheticShop
-from insession.engine import Engine
+from insession.engine import SNAPSHOT_FILE, Engine
 from insession.model import ModelBundle
+from insession.online import covisit
 from insession.pipeline import RecommendRequest
+from insession.store.memory import MemoryFeatureStore
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -139,3 +142,39 @@ def test_explain_replay_and_diff_from_the_command_line(
         "diff", served.request_id, "--model", str(model_dir), "--other", str(model_dir), "--data-dir", str(data_dir)
     )
     assert side.returncode == 0 and "5 of 5 items in both lists" in side.stdout, side.stdout + side.stderr
+
+
+def test_replay_reads_followers_lists_an_earlier_version_wrote_as_json(
+    tmp_path: Path, model: ModelBundle, shop: SyntheticShop, clock: ManualClock
+) -> None:
+    """Lists stored before followers were written in binary are JSON: ``insession replay`` compares
+    them in today's form, so an upgraded data directory checks identical (and a changed list does not)."""
+    data_dir = tmp_path / "data"
+    engine = Engine.open(Settings(data_dir=data_dir), model=model, clock=clock)
+    engine.ingest_all(shop.events[:3000])
+    engine.close()
+    snapshot = data_dir / SNAPSHOT_FILE
+    store = MemoryFeatureStore(clock)
+    store.load(snapshot)
+    keys = store.keys(covisit.NAMESPACE)
+    lists = {
+        k: covisit.Neighbours.from_bytes(v)
+        for k, v in zip(keys, store.get_many(covisit.NAMESPACE, keys), strict=True)
+        if v
+    }
+    assert len(lists) > 20 and all(v[:1] == b"\x01" for v in store.get_many(covisit.NAMESPACE, keys) if v)
+
+    def as_json(n: covisit.Neighbours) -> bytes:
+        return json.dumps([n.last_ts, n.items, n.weights], separators=(",", ":")).encode()
+
+    store.put_many(covisit.NAMESPACE, {k: as_json(n) for k, n in lists.items()}, 10**8)
+    store.snapshot(snapshot)
+    rebuilt = run("replay", "--data-dir", str(data_dir))
+    assert rebuilt.returncode == 0 and "identical" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+    some, n = next(iter(lists.items()))
+    store.put_many(covisit.NAMESPACE, {some: as_json(replace(n, weights=(n.weights[0] * 2, *n.weights[1:])))}, 10**8)
+    store.snapshot(snapshot)
+    changed = run("replay", "--data-dir", str(data_dir))
+    said = " ".join(changed.stdout.split())  # the console wraps lines
+    assert changed.returncode == 1, said
+    assert "0 users, 0 items and 1 online co-visitation lists differ" in said and f"lists: {some}" in said, said
