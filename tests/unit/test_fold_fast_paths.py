@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_right
 from dataclasses import fields, replace
 
 import numpy as np
@@ -15,7 +16,16 @@ from hypothesis import strategies as st
 
 from insession.config import SessionConfig
 from insession.events import Event, EventType
-from insession.features.activity import ACTIVITY_WEIGHTS, MAX_RECENT, ItemActivity, bump, user_key
+from insession.features.activity import (
+    ACTIVITY_WEIGHTS,
+    MAX_RECENT,
+    POPULARITY_HALF_LIFE_MS,
+    WINDOWS_MS,
+    ItemActivity,
+    activity_windows,
+    bump,
+    user_key,
+)
 from insession.online import covisit
 from insession.sessions import Interaction, SessionState, _open_session, advance, apply
 
@@ -249,3 +259,47 @@ def test_activity_bytes_are_the_float64_array_numpy_writes(
     assert activity.to_bytes() == plain
     back = ItemActivity.from_bytes(plain)
     assert (back.decayed, len(back.recent), len(back.recent_users)) == (decayed, len(recent), len(recent))
+
+
+def windows_by_bisection(activity: list[ItemActivity | None], now_ms: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    """``activity_windows`` item by item, bisecting each item's times (its plain computation)."""
+    out = np.zeros((len(activity), 1 + len(WINDOWS_MS)), dtype=np.float64)
+    users_last = np.zeros(len(activity), dtype=np.float64)
+    for n, a in enumerate(activity):
+        if a is None:
+            continue
+        top = bisect_right(a.recent, now_ms)
+        starts = [bisect_right(a.recent, now_ms - w) for w in WINDOWS_MS]
+        out[n, 1:] = [top - start for start in starts]
+        age = np.maximum(now_ms - np.array([a.last_ts], dtype=np.int64), 0)
+        out[n, 0] = np.log1p(np.array([a.decayed]) * np.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS))[0]
+        found = set(a.recent_users[starts[-1] : top])
+        found.discard(-1)
+        users_last[n] = len(found)
+    return out, users_last
+
+
+ACTIVITIES = st.one_of(
+    st.none(),
+    st.builds(
+        lambda decayed, last, events, with_users: ItemActivity(
+            decayed,
+            last,
+            tuple(sorted(t for t, _ in events)),
+            tuple(u for _, u in sorted(events)) if with_users else (),
+        ),
+        st.floats(0, 1e6),
+        TIMES,
+        st.lists(st.tuples(TIMES, st.integers(-1, 4)), max_size=MAX_RECENT),
+        st.booleans(),
+    ),
+)
+
+
+@given(st.lists(ACTIVITIES, max_size=12), TIMES)
+def test_activity_windows_count_what_bisecting_each_item_counts(activity: list[ItemActivity | None], now: int) -> None:
+    """All items' windows at once give each item's own bisection: requests before an item's newest
+    events (explain), unknown users (-1), no users kept, empty and missing activity included."""
+    fast, users = activity_windows(activity, now)
+    plain, plain_users = windows_by_bisection(activity, now)
+    assert np.array_equal(fast, plain) and np.array_equal(users, plain_users)

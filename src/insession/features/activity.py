@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -55,11 +54,14 @@ class ItemActivity:
     last_ts: int
     recent: tuple[int, ...]  # the newest event times, oldest first, at most MAX_RECENT
     recent_users: tuple[int, ...] = ()  # ``user_key`` of each of ``recent`` (-1: unknown); for audits
-    #: Distinct known users of ``recent_users[i:]`` for each ``i``, computed on first use: a
-    #: request asks it of hundreds of candidates, mostly decoded values it shares with the requests
-    #: before (``ActivityDecoder``), and a set of 64 users per candidate per list was a fifth of a
-    #: list's cost on a busy shop (issue 25). Not part of the value: equality and bytes ignore it.
-    _distinct_from: tuple[int, ...] | None = field(default=None, init=False, compare=False, repr=False)
+    #: ``recent`` as an int64 array and, for each ``i`` (``len(recent) + 1`` of them), the distinct
+    #: known users of ``recent_users[i:]``; computed on first use: a request asks them of hundreds
+    #: of candidates, mostly decoded values it shares with the requests before
+    #: (``ActivityDecoder``), and a set of 64 users per candidate per list was a fifth of a list's
+    #: cost on a busy shop (issue 25). Not part of the value: equality and bytes ignore it.
+    _arrays: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
 
     def to_bytes(self) -> bytes:
         users = self.recent_users or (-1,) * len(self.recent)
@@ -84,17 +86,23 @@ class ItemActivity:
             found = set(users[start:top])
             found.discard(-1)
             return len(found)
-        suffix = self._distinct_from
-        if suffix is None:
+        return int(self.arrays()[1][start])
+
+    def arrays(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``recent`` as an int64 array, and the distinct known users from each event on (zeros
+        when no users are kept); computed once per value."""
+        found = self._arrays
+        if found is None:
+            users = self.recent_users
+            counts = [0] * (len(self.recent) + 1)
             seen: set[int] = set()
-            counts = [0] * (len(users) + 1)
             for n in range(len(users) - 1, -1, -1):
                 if users[n] != -1:
                     seen.add(users[n])
                 counts[n] = len(seen)
-            suffix = tuple(counts)
-            object.__setattr__(self, "_distinct_from", suffix)  # a cache, not part of the value
-        return suffix[start]
+            found = (np.array(self.recent, dtype=np.int64), np.array(counts, dtype=np.int64))
+            object.__setattr__(self, "_arrays", found)  # a cache, not part of the value
+        return found
 
     def popularity_at(self, now_ms: int) -> float:
         age = max(now_ms - self.last_ts, 0)
@@ -171,9 +179,9 @@ def bump(activity: ItemActivity | None, event: Event) -> ItemActivity | None:
 def activity_features(activity: Sequence[ItemActivity | None], now_ms: int) -> npt.NDArray[np.float64]:
     """Per item: log1p(live popularity) and the 5m/1h/24h event counts at ``now_ms`` (zeros if unknown).
 
-    Popularity as ``popularity_at`` gives it; a window counts the events in ``(now - w, now]``,
-    found by bisecting each item's (sorted) recent times: a request's cost does not grow with how
-    busy its candidates are.
+    Popularity as ``popularity_at`` gives it; a window counts the events in ``(now - w, now]``
+    among each item's (sorted, at most ``MAX_RECENT``) recent times: a request's cost does not grow
+    with how busy its candidates are.
     """
     return activity_windows(activity, now_ms)[0]
 
@@ -182,29 +190,41 @@ def activity_windows(
     activity: Sequence[ItemActivity | None], now_ms: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """``activity_features`` and, per item, the distinct users of its events in the last of
-    ``WINDOWS_MS`` (24 h), from the same bisection (``online.novelty`` reads both)."""
+    ``WINDOWS_MS`` (24 h), from the same counts (``online.novelty`` reads both).
+
+    Every item's recent times in one array: a window's count is the events at or before ``now``
+    less those at or before its start (what bisecting each sorted list gives), for all items at
+    once; the distinct users from the same positions (``ItemActivity.arrays``)."""
     out = np.zeros((len(activity), 1 + len(WINDOWS_MS)), dtype=np.float64)
     users_last = np.zeros(len(activity), dtype=np.float64)
-    rows: list[int] = []
-    decayed: list[float] = []
-    last: list[int] = []
-    counts: list[list[int]] = []
-    lows = [now_ms - w for w in WINDOWS_MS]
-    for n, a in enumerate(activity):
-        if a is None:
-            continue
-        rows.append(n)
-        decayed.append(a.decayed)
-        last.append(a.last_ts)
-        recent = a.recent
-        top = bisect_right(recent, now_ms)
-        starts = [bisect_right(recent, low) for low in lows]
-        counts.append([top - start for start in starts])
-        if a.recent_users:
-            users_last[n] = a.users_between(starts[-1], top)
+    rows = [n for n, a in enumerate(activity) if a is not None]
     if not rows:
         return out, users_last
-    age = np.maximum(now_ms - np.array(last, dtype=np.int64), 0)
-    out[rows, 0] = np.log1p(np.array(decayed) * np.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS))
-    out[rows, 1:] = counts
+    known = [a for a in activity if a is not None]
+    arrays = [a.arrays() for a in known]
+    lengths = np.fromiter((len(a.recent) for a in known), dtype=np.int64, count=len(known))
+    flat = np.concatenate([t for t, _ in arrays])
+    ends = np.cumsum(lengths)
+    begins = ends - lengths
+    counted = np.zeros(len(flat) + 1, dtype=np.int64)
+
+    def at_or_before(ts: int) -> npt.NDArray[np.int64]:
+        np.cumsum(flat <= ts, out=counted[1:])
+        found: npt.NDArray[np.int64] = counted[ends] - counted[begins]
+        return found
+
+    top = at_or_before(now_ms)
+    starts = [at_or_before(now_ms - w) for w in WINDOWS_MS]
+    # The distinct users of the last window's events: read off each item's suffix counts (``len + 1``
+    # of them, so item ``i``'s start at ``begins[i] + i``), or counted when the request is before
+    # the item's newest events.
+    users = np.concatenate([u for _, u in arrays])[begins + np.arange(len(known)) + starts[-1]]
+    for i in np.flatnonzero(top != lengths):
+        users[i] = known[i].users_between(int(starts[-1][i]), int(top[i]))
+    users_last[rows] = users
+    last = np.fromiter((a.last_ts for a in known), dtype=np.int64, count=len(known))
+    decayed = np.fromiter((a.decayed for a in known), dtype=np.float64, count=len(known))
+    age = np.maximum(now_ms - last, 0)
+    out[rows, 0] = np.log1p(decayed * np.exp(-math.log(2) * age / POPULARITY_HALF_LIFE_MS))
+    out[rows, 1:] = np.stack([top - start for start in starts], axis=1)
     return out, users_last
