@@ -85,6 +85,9 @@ class ModelBundle:
     #: The directory it was loaded from (``load``), where derived files such as the compiled ranker
     #: are kept; ``None`` for a model trained in this process.
     directory: Path | None = field(default=None, repr=False, compare=False)
+    #: ``with_items``: the running hash of ``added`` (``_line_open``), so the next batch's version
+    #: hashes that batch's changes, not every change since training again.
+    line: Any = field(default=None, repr=False, compare=False)
     popular_order: npt.NDArray[np.int64] = field(init=False)
     category_items: dict[int, npt.NDArray[np.int64]] = field(init=False)
 
@@ -134,6 +137,9 @@ class ModelBundle:
             return self
         base = self.base or self
         added = (*self.added, *changes)
+        line = self.line.copy() if self.line is not None else _line_open(base.version, self.added)
+        for n, item in enumerate(changes, start=len(self.added)):
+            _line_add(line, item, n)
         known = self.catalog.index
         latest = {i.item_id: i for i in changes}
         joined: dict[str, Item] = {}  # each new item as it joined: its starting vector comes from that
@@ -147,7 +153,7 @@ class ModelBundle:
         sequence = self.sequence.padded(size) if self.sequence is not None and k else self.sequence
         sessions = self.sessions
         if sessions is not None and k:
-            sessions = SessionIndex(sessions.items, sessions.starts, sessions.last_ts, size)
+            sessions = sessions.widened(size)
         rows = self.rows or _Rows(self.embeddings)
         embeddings, rows = rows.extended(self.embeddings, base._cold_vectors(list(joined.values())))
         catalog = self.catalog.changed(updates, new)
@@ -175,8 +181,9 @@ class ModelBundle:
             sequence_ann=self.sequence_ann,
             params=self.params,
             stats=self.stats,
-            version=_line_versions(base.version, added)[-1],
+            version=_line_version(base.version, line),
             added=added,
+            line=line,
             base=base,
             known_order=self.popular_order,
             known_categories=categories,
@@ -345,19 +352,37 @@ def _categories(order: npt.NDArray[np.int64], codes: npt.NDArray[np.int32]) -> d
     }
 
 
+def _line_open(base_version: str, changes: Sequence[Item] = ()) -> Any:
+    """The running hash of a model line: the base version, then the JSON list of its changes
+    (left open: ``_line_version`` closes a copy)."""
+    digest = hashlib.sha256(base_version.encode())
+    digest.update(b"[")
+    for n, item in enumerate(changes):
+        _line_add(digest, item, n)
+    return digest
+
+
+def _line_add(digest: Any, item: Item, n: int) -> None:
+    """Hash the line's ``n``-th change (from 0)."""
+    if n:
+        digest.update(b", ")
+    digest.update(json.dumps(item.to_dict(), sort_keys=True).encode())
+
+
+def _line_version(base_version: str, digest: Any) -> str:
+    closed = digest.copy()
+    closed.update(b"]")
+    return f"{base_version}+{closed.hexdigest()[:8]}"
+
+
 def _line_versions(base_version: str, changes: Sequence[Item]) -> list[str]:
     """The version after each prefix of ``changes`` (``[:1]``, ``[:2]``, ...): a hash of the base
     version and of the JSON list of the changes so far, computed in one pass."""
-    digest = hashlib.sha256(base_version.encode())
-    digest.update(b"[")
+    digest = _line_open(base_version)
     out = []
     for n, item in enumerate(changes):
-        if n:
-            digest.update(b", ")
-        digest.update(json.dumps(item.to_dict(), sort_keys=True).encode())
-        closed = digest.copy()
-        closed.update(b"]")
-        out.append(f"{base_version}+{closed.hexdigest()[:8]}")
+        _line_add(digest, item, n)
+        out.append(_line_version(base_version, digest))
     return out
 
 

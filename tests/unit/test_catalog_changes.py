@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from insession.catalog import Catalog, Item
+from insession.index.session_index import SessionIndex
 from insession.model import CovisitMatrix, ModelBundle, _categories
 
 CATEGORIES = st.sampled_from([None, "shoes", "bags", "hats", "zz-new"])
@@ -41,6 +43,9 @@ def test_changes_equal_a_rebuild_and_never_touch_an_earlier_version(batches: lis
     for batch in batches:
         versions.append(versions[-1].with_items(batch))
     last = versions[-1]
+    # The version hashes the changes in order, however they were batched (each batch continues
+    # the running hash of the ones before).
+    assert model.with_items([item for batch in batches for item in batch]).version == last.version
     rebuilt = Catalog(list(last.catalog.items))
     assert rebuilt.ids == last.catalog.ids and rebuilt.index == last.catalog.index
     live = [n for n, name in enumerate(last.catalog.category_names) if (last.catalog.category_codes == n).any()]
@@ -61,3 +66,25 @@ def test_changes_equal_a_rebuild_and_never_touch_an_earlier_version(batches: lis
         again = last.at_version(version.version)
         assert again is not None and again.catalog.items == version.catalog.items
         np.testing.assert_array_equal(again.embeddings, version.embeddings)
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 7), min_size=1, max_size=6), max_size=12),
+    st.integers(0, 5),
+    st.data(),
+)
+def test_a_session_index_widened_for_joined_items_is_the_one_rebuilt(
+    sessions: list[list[int]], joined: int, data: st.DataObject
+) -> None:
+    """Items joining the catalog widen the trained session index (``SessionIndex.widened``, used by
+    ``ModelBundle.with_items``) instead of rebuilding it from every trained session: the same arrays."""
+    items = np.array([i for s in sessions for i in s], dtype=np.int64)
+    numbers = np.array([n for n, s in enumerate(sessions) for _ in s], dtype=np.int64)
+    ts = np.array(data.draw(st.lists(st.integers(0, 50), min_size=len(items), max_size=len(items))), dtype=np.int64)
+    index = SessionIndex.build(items, numbers, ts, 8)
+    widened, rebuilt = index.widened(8 + joined), SessionIndex(index.items, index.starts, index.last_ts, 8 + joined)
+    for name in ("items", "starts", "last_ts", "recency", "item_ptr", "item_sessions", "idf"):
+        assert np.array_equal(getattr(widened, name), getattr(rebuilt, name)), name
+    assert widened.n_items == rebuilt.n_items
+    with pytest.raises(ValueError, match="n_items: 7 is fewer than the 8"):
+        index.widened(7)
