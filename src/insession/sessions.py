@@ -95,7 +95,7 @@ class SessionState:
         sorted keys, built without it: the keys written in their sorted order, interactions as
         tuples (a ``StrEnum`` is written as its value). Half the time of ``to_dict`` and a sort for
         a state with a hundred interactions, which the fold and each checkpoint write for every
-        user they touch (``tests/unit/test_state_bytes.py`` holds it to the ``to_dict`` form)."""
+        user they touch (``tests/unit/test_fold_fast_paths.py`` holds it to the ``to_dict`` form)."""
         return _ENCODE(
             {
                 "cart": self.cart,
@@ -128,8 +128,8 @@ class SessionState:
             last_event_ms=int(raw["last_event_ms"]),
             log_position=int(raw["log_position"]),
             explicit_session=bool(raw["explicit_session"]),
-            events=tuple(Interaction.from_list(i) for i in raw["events"]),
-            history=tuple(Interaction.from_list(i) for i in raw["history"]),
+            events=_interactions(raw["events"]),
+            history=_interactions(raw["history"]),
             cart=tuple(raw["cart"]),
             purchased=tuple(raw["purchased"]),
             dismissed=tuple(raw["dismissed"]),
@@ -140,29 +140,17 @@ class SessionState:
 
     @staticmethod
     def from_bytes(raw: bytes) -> SessionState:
-        d = json.loads(raw)
-        try:  # the usual bytes: interactions built without from_list's per-field calls
-            types = _TYPES
-            return SessionState(
-                d["user_id"],
-                d["session_id"],
-                int(d["session_index"]),
-                int(d["session_version"]),
-                int(d["session_started_ms"]),
-                int(d["last_event_ms"]),
-                int(d["log_position"]),
-                bool(d["explicit_session"]),
-                tuple([Interaction(str(a), types[t], int(ts), c) for a, t, ts, c in d["events"]]),
-                tuple([Interaction(str(a), types[t], int(ts), c) for a, t, ts, c in d["history"]]),
-                tuple(d["cart"]),
-                tuple(d["purchased"]),
-                tuple(d["dismissed"]),
-                d["last_query"],
-                int(d.get("last_query_ms", 0)),
-                d.get("previous_last_ms"),
-            )
-        except (KeyError, ValueError, TypeError):
-            return SessionState.from_dict(d)  # raises what the field's rule says
+        return SessionState.from_dict(json.loads(raw))
+
+
+def _interactions(raw: Sequence[Sequence[Any]]) -> tuple[Interaction, ...]:
+    """Stored interactions: the usual ones built directly (a dict lookup for the type instead of
+    ``from_list``'s per-field calls: a user's state holds up to a few hundred), anything else by
+    ``from_list``, which raises what the field's rule says."""
+    try:
+        return tuple([Interaction(str(a), _TYPES[t], int(ts), c) for a, t, ts, c in raw])
+    except (KeyError, ValueError, TypeError):
+        return tuple(Interaction.from_list(i) for i in raw)
 
 
 def starts_new_session(state: SessionState | None, event: Event, cfg: SessionConfig) -> bool:
