@@ -22,6 +22,7 @@ whichever comes first, and only past the newest checkpoint (or at the positions 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import secrets
 import sqlite3
@@ -212,7 +213,9 @@ def scrub_activity(raw: bytes, key: float, alias: int = -1) -> bytes | None:
 
 class Layered(dict[str, V], Generic[V]):
     """Values folded since the checkpoint a replay started from, over that checkpoint's values
-    (read on first use). ``dirty`` names the keys written since the last checkpoint was taken."""
+    (read on first use). ``dirty`` names the keys written since the last checkpoint was taken.
+    Kept in the order of their last write (or first read), so :meth:`trim` drops the values the
+    fold has not used for longest."""
 
     def __init__(self, load: Callable[[str], V | None]) -> None:
         super().__init__()
@@ -233,9 +236,19 @@ class Layered(dict[str, V], Generic[V]):
         return found
 
     def __setitem__(self, key: str, value: V) -> None:
+        super().pop(key, None)  # to the end: the newest
         super().__setitem__(key, value)
         self._absent.discard(key)
         self.dirty.add(key)
+
+    def trim(self, keep: int) -> None:
+        """Keep the ``keep`` values written (or read) most recently; the others are read back from
+        the checkpoint when used. Only right after a checkpoint, which holds every written value."""
+        if self.dirty:
+            raise ValueError("trim: values written since the last checkpoint would be lost")
+        for key in list(itertools.islice(self, max(len(self) - keep, 0))):
+            super().__delitem__(key)
+        self._absent.clear()
 
     def reset(self) -> None:
         """Forget every value read or folded: the next reads go to the (new) checkpoint."""
@@ -336,9 +349,9 @@ class CheckpointedReplay(Replay):
         self._newest = max(self._newest, self.position)
         self.base = self.position  # values not yet read come from this checkpoint (the same as before)
         self._since, self._since_ts = 0, None
-        if self.loaded > self.max_loaded:  # bounded memory: what is dropped is read back from here
-            for table in (self._states, self._activity, self._followers):
-                table.reset()
+        if (loaded := self.loaded) > self.max_loaded:  # bounded memory: what is dropped is read back from here
+            for table in (self._states, self._activity, self._followers):  # each its share, the oldest out
+                table.trim(len(table) * self.max_loaded // loaded)
 
     @property
     def loaded(self) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from insession.checkpoints import (
     CHECKPOINTS_FILE,
     FOLLOWERS,
@@ -13,6 +15,7 @@ from insession.checkpoints import (
     USERS,
     CheckpointedReplay,
     CheckpointStore,
+    Layered,
     fingerprint,
     fingerprint_of,
     fold_with_checkpoints,
@@ -106,18 +109,39 @@ def test_a_fold_holding_few_values_drops_them_at_checkpoints_and_still_reaches_t
     for position, event in log.read():
         full.apply(position, event)
     small = CheckpointedReplay(store, FP, 0, CFG, every_events=300, every_ms=10**12, max_loaded=100)
-    most = 0
+    most = trimmed = 0
     for position, event in log.read():
         small.advance(position, event)
         most = max(most, small.loaded)
-        if small.pending == 0:  # a checkpoint was just taken: over the bound, nothing is held
-            assert small.loaded <= 100 or small.loaded == 0
+        if small.pending == 0:  # a checkpoint was just taken: at most the bound is held, the newest kept
+            assert small.loaded <= 100
+            assert event.user_id in dict.keys(small.states)
+            trimmed += small.loaded > 50
     assert most > 100  # it did hold more between checkpoints: the bound is what dropped them
+    assert trimmed >= 5  # ... and only the values used longest ago
     for user in sorted(full.states):
         assert small.state(user) == full.states[user], user
     items = sorted(full.activity)
     assert small.lookup(items) == full.lookup(items)
     assert small.neighbours(sorted(full.followers)) == full.neighbours(sorted(full.followers))
+
+
+def test_trim_drops_the_values_written_longest_ago_and_reads_them_back() -> None:
+    stored = {"a": 1, "b": 2, "c": 3, "d": 4}
+    reads: list[str] = []
+    table: Layered[int] = Layered(lambda k: reads.append(k) or stored.get(k))
+    for key in "abc":
+        table[key] = stored[key]
+    table["a"] = 10  # written again: the newest
+    assert table.get("d") == 4  # read from the checkpoint: newer still
+    with pytest.raises(ValueError, match="would be lost"):
+        table.trim(2)
+    table.dirty.clear()  # as a checkpoint does once it holds them
+    table.trim(2)
+    assert list(table) == ["a", "d"]
+    assert table.get("b") == 2 and reads == ["d", "b"]
+    table.trim(0)
+    assert not table
 
 
 def test_checkpoints_written_while_importing_hold_what_a_fold_of_the_log_holds(
