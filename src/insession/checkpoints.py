@@ -27,6 +27,7 @@ import json
 import secrets
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -47,6 +48,12 @@ from insession.sessions import SessionState
 from insession.store import FeatureStore
 
 CHECKPOINTS_FILE = "checkpoints.sqlite"
+#: A fold that follows the log (``Explainer.follow``: the explanation process catching up after a
+#: burst, ``insession import`` folding for checkpoints) takes a due checkpoint no sooner than this
+#: many times the last one's duration after it: at a shop's size a checkpoint rewrites the states
+#: of thousands of users and items, and taken every ``checkpoint_every_events`` it was a third of
+#: the fold's time; spaced, at most about a tenth.
+FOLLOW_SPACING = 9.0
 FORMAT = 2  # 2: values zlib-compressed (user states are JSON: about a fifth of the bytes)
 USERS, ITEMS, FOLLOWERS, FACTORS = "u", "a", "f", "m"
 
@@ -292,6 +299,9 @@ class CheckpointedReplay(Replay):
         self.base = self.position = 0
         self._since = 0
         self._since_ts: int | None = None
+        #: A due checkpoint waits until ``spacing`` times the last one's duration has passed (0: none).
+        self.spacing = 0.0
+        self._not_before = 0.0  # monotonic time
         if base > 0:
             self._rebase(base)
 
@@ -330,13 +340,17 @@ class CheckpointedReplay(Replay):
         if self._since_ts is None:
             self._since_ts = event.ts
         due = self._since >= self.every_events or event.ts - self._since_ts >= self.every_ms
-        if position in checkpoint_at or (due and position > self._newest):
+        if position in checkpoint_at or (due and position > self._newest and self._spaced()):
             self.checkpoint()
+
+    def _spaced(self) -> bool:
+        return self.spacing <= 0 or time.monotonic() >= self._not_before
 
     def checkpoint(self) -> None:
         """Record the state at ``self.position`` (what changed since the checkpoint before it)."""
         if self.position <= 0 or self.position == self.base:
             return
+        started = time.monotonic()
         entries: list[tuple[str, str, bytes | None]] = []
         for ns, table in ((USERS, self._states), (ITEMS, self._activity), (FOLLOWERS, self._followers)):
             entries.extend((ns, key, table[key].to_bytes()) for key in sorted(table.dirty))
@@ -347,6 +361,8 @@ class CheckpointedReplay(Replay):
             self.generation = -1  # a user was erased meanwhile: this fold writes no more checkpoints
             return
         self._newest = max(self._newest, self.position)
+        done = time.monotonic()
+        self._not_before = done + self.spacing * (done - started)
         self.base = self.position  # values not yet read come from this checkpoint (the same as before)
         self._since, self._since_ts = 0, None
         if (loaded := self.loaded) > self.max_loaded:  # bounded memory: what is dropped is read back from here

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from insession.checkpoints import (
+    FOLLOW_SPACING,
     CheckpointedReplay,
     CheckpointStore,
     fingerprint_of,
@@ -132,7 +133,9 @@ class Explainer:
         """A fold from the nearest checkpoint at or before ``position``."""
         return replay_from(checkpoints, self.settings, self.model, position, self.max_loaded)
 
-    def _fold_to(self, position: int) -> None:
+    def _fold_to(self, position: int, spacing: float = 0.0) -> None:
+        """Fold the log through ``position``; a checkpoint fold spaces its checkpoints by
+        ``spacing`` times the last one's duration (``CheckpointedReplay.spacing``)."""
         if self.checkpoints is not None:
             replay = self._replay
             generation = self.checkpoints.generation()
@@ -146,6 +149,7 @@ class Explainer:
                 self._generation = generation
                 replay = self._from_checkpoint(self.checkpoints, position)
             self._replay = replay
+            replay.spacing = spacing
             fold_with_checkpoints(self.log, replay, position)
             self._position = max(replay.position, position)
             return
@@ -160,17 +164,18 @@ class Explainer:
 
     def follow(self, max_events: int = 5_000) -> int:
         """Fold up to ``max_events`` events past what is folded (or the newest checkpoint), leaving
-        checkpoints by the policy: run in idle time, it keeps the newest checkpoint near the end of
-        the log, so explaining a recent list folds only the events since; caught up, it leaves one
-        at the end of the log once a tenth of ``checkpoint_every_events`` has arrived since the
-        newest. Returns the events read (0: caught up, or no checkpoint file)."""
+        checkpoints by the policy, spaced by their cost (``FOLLOW_SPACING``): run in idle time, it
+        keeps the newest checkpoint near the end of the log, so explaining a recent list folds only
+        the events since; caught up, it leaves one at the end of the log once a tenth of
+        ``checkpoint_every_events`` has arrived since the newest. Returns the events read (0:
+        caught up, or no checkpoint file)."""
         if self.checkpoints is None:
             return 0
         positions = self.checkpoints.positions(self._fingerprint())
         after = max(self._position, positions[-1] if positions else 0)
         n, last = self.log.span(after, max_events)  # the positions alone: the fold reads the events
         if n:
-            self._fold_to(last)
+            self._fold_to(last, FOLLOW_SPACING)
         replay = self._replay
         caught_up = n < max_events
         if caught_up and isinstance(replay, CheckpointedReplay) and replay.pending >= self._tail_checkpoint_events():

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from insession import checkpoints as checkpoints_module
 from insession.checkpoints import (
     CHECKPOINTS_FILE,
+    FOLLOW_SPACING,
     FOLLOWERS,
     ITEMS,
     USERS,
@@ -124,6 +128,38 @@ def test_a_fold_holding_few_values_drops_them_at_checkpoints_and_still_reaches_t
     items = sorted(full.activity)
     assert small.lookup(items) == full.lookup(items)
     assert small.neighbours(sorted(full.followers)) == full.neighbours(sorted(full.followers))
+
+
+def test_a_spaced_fold_takes_a_due_checkpoint_only_after_nine_times_the_last_ones_duration(
+    tmp_path: Path, shop: SyntheticShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``spacing`` (what ``Explainer.follow`` sets): a checkpoint that took 1 s holds the next due
+    one back for 9 s of the fold; the fold's state is the same either way."""
+    log, store, _ = opened(tmp_path, shop, 2000)
+    now = [100.0]
+    monkeypatch.setattr(checkpoints_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    write = store.write
+
+    def slow_write(*args: Any) -> bool:
+        now[0] += 1.0  # each checkpoint takes a second
+        return write(*args)
+
+    monkeypatch.setattr(store, "write", slow_write)
+    replay = CheckpointedReplay(store, FP, 0, CFG, every_events=200, every_ms=10**12)
+    replay.spacing = FOLLOW_SPACING
+    fold_with_checkpoints(log, replay, 1000)
+    assert store.positions(FP) == [200]  # due again at 400, 600, ...: the clock has not moved 9 s
+    now[0] += 8.9
+    fold_with_checkpoints(log, replay, 1500)
+    assert store.positions(FP) == [200]
+    now[0] += 0.1
+    fold_with_checkpoints(log, replay, 2000)
+    assert store.positions(FP) == [200, 1501]  # the first event past 9 s, with 1,300 due since 200
+    full = Replay(CFG)
+    for position, event in log.read():
+        full.apply(position, event)
+    for user in sorted(full.states):
+        assert replay.state(user) == full.states[user], user
 
 
 def test_trim_drops_the_values_written_longest_ago_and_reads_them_back() -> None:
