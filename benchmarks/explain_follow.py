@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from trees import run_trees
 
 CHILD = r"""
 import json, shutil, sys, tempfile, time
@@ -141,30 +141,8 @@ def main() -> None:
     parser.add_argument("--note", default="", help="what the machine was doing meanwhile")
     args = parser.parse_args()
     meta = prepare(args.work / f"{args.events}-{args.burst}", args.events, args.burst, args.seed)
-    runs: list[dict[str, Any]] = []
-    for rnd in range(args.rounds):
-        for tree in args.tree:
-            name, root = tree.split("=", 1)
-            env = {**os.environ, "PYTHONPATH": str(Path(root).resolve() / "src")}
-            load = os.getloadavg()[0]
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    CHILD,
-                    str(args.work / f"{args.events}-{args.burst}"),
-                    str(meta["imported_events"]),
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise SystemExit(f"tree {name}: {done.stderr[-2000:]}")
-            run = {"tree": name, "round": rnd, "load_before": load, **json.loads(done.stdout.splitlines()[-1])}
-            print(run, flush=True)
-            runs.append(run)
+    work = args.work / f"{args.events}-{args.burst}"
+    runs = run_trees(args.tree, args.rounds, CHILD, [str(work), str(meta["imported_events"])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"shop": meta, "note": args.note, "runs": runs}, indent=1) + "\n")
 

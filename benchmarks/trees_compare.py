@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import random
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+
+from trees import run_trees
 
 CHILD = r"""
 import json, pickle, random, sys, tempfile, time
@@ -128,28 +126,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/trees_compare.json"))
     args = parser.parse_args()
     history = prepare(args.work)
-    runs: list[dict[str, Any]] = []
-    for rnd in range(args.rounds):
-        for tree in args.tree:
-            name, root = tree.split("=", 1)
-            env = {**os.environ, "PYTHONPATH": str(Path(root).resolve() / "src")}
-            done = subprocess.run(
-                [sys.executable, "-c", CHILD, str(args.work), str(args.events), str(history)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise SystemExit(f"tree {name}: {done.stderr[-2000:]}")
-            run = {
-                "tree": name,
-                "round": rnd,
-                "load_before": os.getloadavg()[0],
-                **json.loads(done.stdout.splitlines()[-1]),
-            }
-            print(run, flush=True)
-            runs.append(run)
+    runs = run_trees(args.tree, args.rounds, CHILD, [str(args.work), str(args.events), str(history)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"events": args.events, "runs": runs}, indent=1) + "\n")
 
