@@ -66,8 +66,7 @@ class SessionIndex:
         keys = np.unique(self.items.astype(np.int64) * max(n_sess, 1) + owner)
         item_of, self.item_sessions = keys // max(n_sess, 1), keys % max(n_sess, 1)
         self.item_ptr = np.searchsorted(item_of, np.arange(self.n_items + 1))
-        df = np.diff(self.item_ptr).astype(np.float64)
-        self.idf = np.log(max(n_sess, 1) / np.maximum(df, 1.0))
+        self.idf = _idf(self.item_ptr, n_sess)
 
     def widened(self, n_items: int) -> SessionIndex:
         """This index over a catalog grown to ``n_items`` (items appended, in no trained session):
@@ -81,8 +80,7 @@ class SessionIndex:
         out.items, out.starts, out.last_ts, out.n_items = self.items, self.starts, self.last_ts, n_items
         out.recency, out.item_sessions = self.recency, self.item_sessions
         out.item_ptr = np.concatenate([self.item_ptr, np.full(k, self.item_ptr[-1], dtype=self.item_ptr.dtype)])
-        n_sess = len(self.starts) - 1
-        out.idf = np.concatenate([self.idf, np.log(max(n_sess, 1) / np.maximum(np.zeros(k), 1.0))])  # df 0
+        out.idf = _idf(out.item_ptr, len(self.starts) - 1)
         return out
 
     @staticmethod
@@ -162,3 +160,9 @@ class SessionIndex:
         last = np.searchsorted(owner[order], np.arange(n), side="right") - 1
         anchor = pos[order][last]
         return 1.0 / (1.0 + np.abs(pos - anchor[owner]))  # type: ignore[no-any-return]
+
+
+def _idf(item_ptr: IntArray, n_sess: int) -> FloatArray:
+    """Per item, log(sessions / the sessions holding it), a session-less item counted as one."""
+    idf: FloatArray = np.log(max(n_sess, 1) / np.maximum(np.diff(item_ptr).astype(np.float64), 1.0))
+    return idf
